@@ -1,0 +1,56 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+# Both create .venv, install system packages with apt-get where missing, then pip.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU build from this machine's disk; GPU images install their own torch.
+TORCH_SPEC ?= torch==2.13.0
+APT_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji wordnet-base fortunes fortunes-min redis-server
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint typecheck venv system-deps pretrain-default data eval-default export-default bench clean
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" != 0 ] && SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(MAKE) system-deps
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[train,serve,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/momo serve $(SERVE_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check momo training service tests benchmarks
+	$(VENV)/bin/ruff format --check momo training service tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy momo training service
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check momo training service tests benchmarks
+	$(VENV)/bin/mypy momo training service
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+data: $(STAMP)
+	$(VENV)/bin/momo data prepare
+
+pretrain-default: $(STAMP)
+	$(VENV)/bin/momo data prepare
+	$(VENV)/bin/momo pretrain --preset momo-tiny --config training/recipes/default.yaml --register momo-tiny
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
