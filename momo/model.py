@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from momo.config import MoMoConfig
+from momo.heads import ClassifierHead, HeadSpec, build_head
 from momo.layers import Block, Tower
 
 IMAGE_MODALITY = 0
@@ -194,3 +195,63 @@ def count_parameters(config: MoMoConfig) -> int:
     with torch.device("meta"):
         encoder = MoMoEncoder(config)
     return sum(p.numel() for p in encoder.parameters())
+
+
+class MoMoModel(nn.Module):
+    """What an artifact holds: the encoder plus the heads the service uses.
+
+    `heads` maps a head name (e.g. "itm", "vqa", "fashion") to a classifier over the CLS of its
+    input kind; `head_specs` carries each head's input kind and label vocabulary (`heads.json`).
+    `temperature` is the contrastive softmax temperature learned in pretraining, kept so that
+    zero-shot classification can turn similarities into calibrated probabilities.
+    """
+
+    def __init__(
+        self,
+        config: MoMoConfig,
+        encoder: MoMoEncoder | None = None,
+        head_specs: dict[str, HeadSpec] | None = None,
+        temperature: float = 0.07,
+    ):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder if encoder is not None else MoMoEncoder(config)
+        self.head_specs: dict[str, HeadSpec] = dict(head_specs or {})
+        self.heads = nn.ModuleDict({name: build_head(config.width, spec) for name, spec in self.head_specs.items()})
+        self.temperature = temperature
+
+    def add_head(self, name: str, spec: HeadSpec, head: ClassifierHead | None = None) -> ClassifierHead:
+        head = head if head is not None else build_head(self.config.width, spec)
+        self.head_specs[name] = spec
+        self.heads[name] = head
+        return head
+
+    def head_features(
+        self,
+        kind: str,
+        pixels: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The (B, D) CLS a head of input `kind` reads."""
+        if kind == "image":
+            assert pixels is not None
+            return self.encoder.encode_image(pixels)[:, 0]
+        if kind == "text":
+            assert input_ids is not None and attention_mask is not None
+            return self.encoder.encode_text(input_ids, attention_mask)[:, 0]
+        if kind == "pair":
+            assert pixels is not None and input_ids is not None and attention_mask is not None
+            return self.encoder.encode_pair(pixels, input_ids, attention_mask)[:, 0]
+        raise ValueError(f"unknown head input kind {kind!r}")
+
+    def head_logits(
+        self,
+        name: str,
+        pixels: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, num_labels) of head `name`."""
+        spec = self.head_specs[name]
+        return self.heads[name](self.head_features(spec.input, pixels, input_ids, attention_mask))
