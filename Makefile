@@ -50,7 +50,7 @@ data: $(STAMP)
 
 pretrain-default: $(STAMP)
 	$(VENV)/bin/momo data prepare
-	$(VENV)/bin/momo pretrain --preset momo-tiny --config training/recipes/default.yaml --register momo-tiny
+	$(VENV)/bin/momo pretrain --config training/recipes/default.yaml --out runs/default --register momo-tiny --activate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

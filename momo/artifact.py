@@ -68,9 +68,15 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "version": self.version, "created_at": self.created_at,
-            "parent": self.parent, "recipe": self.recipe, "data": self.data, "metrics": self.metrics,
-            "files": self.files, "notes": self.notes,
+            "name": self.name,
+            "version": self.version,
+            "created_at": self.created_at,
+            "parent": self.parent,
+            "recipe": self.recipe,
+            "data": self.data,
+            "metrics": self.metrics,
+            "files": self.files,
+            "notes": self.notes,
         }
 
     @classmethod
@@ -168,7 +174,9 @@ class Artifact:
 
 def load_artifact(directory: str | Path, *, verify_hashes: bool = True) -> Artifact:
     directory = Path(directory)
-    manifest = verify(directory) if verify_hashes else Manifest.from_dict(_read_json(directory / MANIFEST_FILE))
+    manifest = (
+        verify(directory) if verify_hashes else Manifest.from_dict(_read_json(directory / MANIFEST_FILE))
+    )
     try:
         config = MoMoConfig.from_dict(_read_json(directory / CONFIG_FILE))
         tokenizer = MoMoTokenizer.load(directory / TOKENIZER_FILE)

@@ -19,13 +19,17 @@ from momo.artifact import ArtifactError, load_artifact
 from momo.store import DEFAULT_STORE, ModelStore, StoreError
 
 app = typer.Typer(
-    name="momo", help="MoMo: one compact shared image+text encoder — train, evaluate, export, serve.",
-    no_args_is_help=True, add_completion=False,
+    name="momo",
+    help="MoMo: one compact shared image+text encoder — train, evaluate, export, serve.",
+    no_args_is_help=True,
+    add_completion=False,
 )
 models_app = typer.Typer(help="List, inspect and activate model versions in the store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-StoreOption = Annotated[Path, typer.Option("--store", envvar="MOMO_MODEL_STORE", help="Model store directory.")]
+StoreOption = Annotated[
+    Path, typer.Option("--store", envvar="MOMO_MODEL_STORE", help="Model store directory.")
+]
 
 # command name -> the package module whose `register(app)` adds it
 COMMAND_PROVIDERS: dict[str, str] = {

@@ -29,7 +29,7 @@ class MoMoConfig:
     width: int = 192
     num_heads: int = 3
     mlp_ratio: float = 4.0
-    image_size: int = 64
+    image_size: int = 48
     patch_size: int = 8
     num_channels: int = 3
     vocab_size: int = 4096
@@ -50,7 +50,9 @@ class MoMoConfig:
         if self.width % self.num_heads != 0:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size != 0:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if self.towers not in ("shared", "separate"):
             raise ValueError(f"towers must be 'shared' or 'separate', not {self.towers!r}")
         if self.max_text_len < 2:
@@ -119,22 +121,55 @@ class MoMoConfig:
 # `momo-base` is the paper's size class (~100M parameters); `momo-large` the scaled-up model.
 PRESETS: dict[str, MoMoConfig] = {
     "momo-test": MoMoConfig(
-        name="momo-test", num_layers=2, width=32, num_heads=2, image_size=16, patch_size=4,
-        vocab_size=256, max_text_len=16, embed_dim=16, num_fusion_layers=1,
+        name="momo-test",
+        num_layers=2,
+        width=32,
+        num_heads=2,
+        image_size=16,
+        patch_size=4,
+        vocab_size=256,
+        max_text_len=16,
+        embed_dim=16,
+        num_fusion_layers=1,
     ),
     "momo-tiny": MoMoConfig(),
     "momo-small": MoMoConfig(
-        name="momo-small", num_layers=6, width=256, num_heads=4, embed_dim=192, num_fusion_layers=3,
+        name="momo-small",
+        num_layers=6,
+        width=256,
+        num_heads=4,
+        embed_dim=192,
+        num_fusion_layers=3,
     ),
     "momo-base": MoMoConfig(
-        name="momo-base", num_layers=12, width=768, num_heads=12, image_size=224, patch_size=16,
-        vocab_size=30522, max_text_len=64, embed_dim=512, dropout=0.1, num_fusion_layers=6,
-        image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225),
+        name="momo-base",
+        num_layers=12,
+        width=768,
+        num_heads=12,
+        image_size=224,
+        patch_size=16,
+        vocab_size=30522,
+        max_text_len=64,
+        embed_dim=512,
+        dropout=0.1,
+        num_fusion_layers=6,
+        image_mean=(0.485, 0.456, 0.406),
+        image_std=(0.229, 0.224, 0.225),
     ),
     "momo-large": MoMoConfig(
-        name="momo-large", num_layers=24, width=1024, num_heads=16, image_size=224, patch_size=16,
-        vocab_size=30522, max_text_len=64, embed_dim=768, dropout=0.1, num_fusion_layers=12,
-        image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225),
+        name="momo-large",
+        num_layers=24,
+        width=1024,
+        num_heads=16,
+        image_size=224,
+        patch_size=16,
+        vocab_size=30522,
+        max_text_len=64,
+        embed_dim=768,
+        dropout=0.1,
+        num_fusion_layers=12,
+        image_mean=(0.485, 0.456, 0.406),
+        image_std=(0.229, 0.224, 0.225),
     ),
 }
 

@@ -84,8 +84,11 @@ class MoMoEncoder(nn.Module):
         def tower(depth: int) -> Tower:
             blocks = [
                 Block(
-                    config.width, config.num_heads, config.mlp_width,
-                    dropout=config.dropout, attention_dropout=config.attention_dropout,
+                    config.width,
+                    config.num_heads,
+                    config.mlp_width,
+                    dropout=config.dropout,
+                    attention_dropout=config.attention_dropout,
                     eps=config.layer_norm_eps,
                 )
                 for _ in range(depth)
@@ -116,8 +119,12 @@ class MoMoEncoder(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         for param in (
-            self.image_embed.cls_token, self.image_embed.row_pos, self.image_embed.col_pos,
-            self.image_embed.cls_pos, self.text_embed.position, self.fusion_cls,
+            self.image_embed.cls_token,
+            self.image_embed.row_pos,
+            self.image_embed.col_pos,
+            self.image_embed.cls_pos,
+            self.text_embed.position,
+            self.fusion_cls,
         ):
             nn.init.trunc_normal_(param, std=std)
         # Patch conv as a linear layer over flattened patches (as in MAE).
@@ -136,7 +143,9 @@ class MoMoEncoder(nn.Module):
         return self.modality_embed.weight[index].view(1, 1, -1)  # (1, 1, D)
 
     # --- entry points (features only) -----------------------------------------------------------
-    def forward_features(self, pixels: torch.Tensor, keep_indices: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_features(
+        self, pixels: torch.Tensor, keep_indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Image hidden states for all patches or only the visible subset (MAE-style pretraining).
 
         pixels: (B, C, H, W); keep_indices: (B, K) patch indices in [0, N) -> (B, 1+K, D).
@@ -217,7 +226,9 @@ class MoMoModel(nn.Module):
         self.config = config
         self.encoder = encoder if encoder is not None else MoMoEncoder(config)
         self.head_specs: dict[str, HeadSpec] = dict(head_specs or {})
-        self.heads = nn.ModuleDict({name: build_head(config.width, spec) for name, spec in self.head_specs.items()})
+        self.heads = nn.ModuleDict(
+            {name: build_head(config.width, spec) for name, spec in self.head_specs.items()}
+        )
         self.temperature = temperature
 
     def add_head(self, name: str, spec: HeadSpec, head: ClassifierHead | None = None) -> ClassifierHead:

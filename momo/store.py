@@ -117,7 +117,9 @@ class ModelStore:
             version = active[1] if active and active[0] == name else versions[-1]
         path = self.root / name / version
         if not path.is_dir():
-            raise StoreError(f"no version {version!r} of {name!r} in {self.root} (known: {self.versions(name)})")
+            raise StoreError(
+                f"no version {version!r} of {name!r} in {self.root} (known: {self.versions(name)})"
+            )
         return path
 
     def load(self, reference: str | None = None) -> Artifact:

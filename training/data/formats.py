@@ -212,7 +212,9 @@ def read_labeled_text(path: str | Path) -> list[LabeledTextRecord]:
         label = obj["label"]
         # bool is an int subclass, but a true/false label is almost certainly a mistake
         if isinstance(label, bool) or not isinstance(label, str | int):
-            raise DataFormatError(f"{path}:{n}: 'label' must be a string or integer, got {type(label).__name__}")
+            raise DataFormatError(
+                f"{path}:{n}: 'label' must be a string or integer, got {type(label).__name__}"
+            )
         if isinstance(label, str) and not label.strip():
             raise DataFormatError(f"{path}:{n}: 'label' is empty")
         records.append(LabeledTextRecord(text=text, label=str(label)))
@@ -231,7 +233,10 @@ _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Shard paths from a list, a glob (``shards/*.tar``) or a brace range (``shard-{000000..000009}.tar``)."""
+    """Shard paths from a list, a glob (``shards/*.tar``) or a brace range (``shard-{000000..000009}.tar``).
+
+    A string that is neither names one shard.
+    """
     if isinstance(spec, str | Path):
         text = str(spec)
         match = _BRACE.search(text)
@@ -278,7 +283,11 @@ def _sample_from_members(shard: Path, key: str, members: dict[str, bytes]) -> We
     except (UnicodeDecodeError, ValueError) as exc:
         raise DataFormatError(f"{shard}: sample {key!r}: unreadable member ({exc})") from exc
     return WebDatasetRecord(
-        key=key.rsplit("/", 1)[-1], image=members[images[0]], image_ext=images[0], text=text, label=label,
+        key=key.rsplit("/", 1)[-1],
+        image=members[images[0]],
+        image_ext=images[0],
+        text=text,
+        label=label,
         meta=meta,
     )
 
@@ -290,11 +299,7 @@ def iter_webdataset(shard_paths: str | Path | Sequence[str | Path]) -> Iterator[
     unknown extensions are ignored.
     """
     for shard in expand_shards(shard_paths):
-        try:
-            tar = tarfile.open(shard, mode="r")
-        except tarfile.TarError as exc:
-            raise DataFormatError(f"{shard}: not a readable tar file ({exc})") from exc
-        with tar:
+        with _open_shard(shard) as tar:
             current_key: str | None = None
             members: dict[str, bytes] = {}
             for info in tar:
@@ -311,6 +316,13 @@ def iter_webdataset(shard_paths: str | Path | Sequence[str | Path]) -> Iterator[
                 members[ext] = fh.read()
             if current_key is not None and members:
                 yield _sample_from_members(shard, current_key, members)
+
+
+def _open_shard(shard: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(shard, mode="r")
+    except (OSError, tarfile.TarError) as exc:
+        raise DataFormatError(f"{shard}: not a readable tar file ({exc})") from exc
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -340,34 +352,39 @@ def write_webdataset(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards: list[Path] = []
-    tar: tarfile.TarFile | None = None
     seen: set[str] = set()
-    count = 0
-    try:
-        for record in records:
-            if not record.key or "." in record.key or "/" in record.key:
-                raise ValueError(f"invalid WebDataset key {record.key!r}: must be non-empty, without '.' or '/'")
-            if record.key in seen:
-                raise ValueError(f"duplicate WebDataset key {record.key!r}")
-            seen.add(record.key)
-            if tar is None or count % shard_size == 0:
-                if tar is not None:
-                    tar.close()
-                shard = out / f"{prefix}-{len(shards):06d}.tar"
-                shards.append(shard)
-                tar = tarfile.open(shard, mode="w", format=tarfile.USTAR_FORMAT)
-            ext = record.image_ext.lower().lstrip(".")
-            if ext not in WDS_IMAGE_EXTENSIONS:
-                raise ValueError(f"unsupported image extension {record.image_ext!r}")
-            _add_member(tar, f"{record.key}.{ext}", record.image)
-            if record.text is not None:
-                _add_member(tar, f"{record.key}.txt", record.text.encode("utf-8"))
-            if record.label is not None:
-                _add_member(tar, f"{record.key}.cls", str(int(record.label)).encode("utf-8"))
-            if record.meta is not None:
-                _add_member(tar, f"{record.key}.json", json.dumps(record.meta, sort_keys=True).encode("utf-8"))
-            count += 1
-    finally:
-        if tar is not None:
-            tar.close()
+    batch: list[WebDatasetRecord] = []
+
+    def flush() -> None:
+        shard = out / f"{prefix}-{len(shards):06d}.tar"
+        with tarfile.open(shard, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for rec in batch:
+                _write_sample(tar, rec)
+        shards.append(shard)
+        batch.clear()
+
+    for record in records:
+        if not record.key or "." in record.key or "/" in record.key:
+            raise ValueError(f"invalid WebDataset key {record.key!r}: must be non-empty, without '.' or '/'")
+        if record.key in seen:
+            raise ValueError(f"duplicate WebDataset key {record.key!r}")
+        if record.image_ext.lower().lstrip(".") not in WDS_IMAGE_EXTENSIONS:
+            raise ValueError(f"unsupported image extension {record.image_ext!r}")
+        seen.add(record.key)
+        batch.append(record)
+        if len(batch) == shard_size:
+            flush()
+    if batch:
+        flush()
     return shards
+
+
+def _write_sample(tar: tarfile.TarFile, record: WebDatasetRecord) -> None:
+    key = record.key
+    _add_member(tar, f"{key}.{record.image_ext.lower().lstrip('.')}", record.image)
+    if record.text is not None:
+        _add_member(tar, f"{key}.txt", record.text.encode("utf-8"))
+    if record.label is not None:
+        _add_member(tar, f"{key}.cls", str(int(record.label)).encode("utf-8"))
+    if record.meta is not None:
+        _add_member(tar, f"{key}.json", json.dumps(record.meta, sort_keys=True).encode("utf-8"))

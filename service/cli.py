@@ -1,0 +1,108 @@
+"""`momo serve`: every `Settings` field is a flag of the same name (`max_batch` -> `--max-batch`,
+env `MOMO_MAX_BATCH`). Flags override the environment, which overrides the defaults.
+
+Registered into the `momo` CLI by `momo.cli` (this module is imported only for `serve`/`worker`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+
+from service.settings import Settings
+
+_FLAG_ALIASES = {"model_store": ["--store"]}
+
+
+def _option_for(name: str, field: Any) -> tuple[Any, Any]:
+    """(annotation, typer.Option) for one settings field; every default is None (= not given)."""
+    annotation = field.annotation
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation, origin = args[0], typing.get_origin(args[0])
+    flag = "--" + name.replace("_", "-")
+    help_text = field.description or ""
+    decls = [flag, *_FLAG_ALIASES.get(name, [])]
+    if annotation is bool:
+        return bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
+    if origin is typing.Literal:
+        choices = [str(c) for c in typing.get_args(annotation)]
+        return str | None, typer.Option(None, *decls, help=help_text, click_type=click.Choice(choices))
+    if origin is list:
+        return str | None, typer.Option(None, *decls, help=help_text + " (comma-separated)")
+    if annotation in (int, float, Path, str):
+        return annotation | None, typer.Option(None, *decls, help=help_text)
+    return str | None, typer.Option(None, *decls, help=help_text)
+
+
+def _serve(**flags: Any) -> None:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from momo.store import ModelStore, StoreError
+    from service.app import create_app
+
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ())) or "settings"
+            typer.echo(f"error: {where}: {error.get('msg')}", err=True)
+        raise typer.Exit(2) from None
+
+    store = ModelStore(settings.model_store)
+    try:
+        path = store.resolve(settings.model)
+        model_line = f"model: {store.reference_of(path)} ({path}) on runtime {settings.runtime}, device {settings.device}"
+    except StoreError as exc:
+        model_line = (
+            f"no model yet — run `make pretrain-default` (store {settings.model_store}: {exc}).\n"
+            "  Serving anyway: /health answers, /ready reports 503 until a model is activated "
+            "(POST /v1/models/{name}:{version}/activate)."
+        )
+    auth = (
+        "auth: OFF (MOMO_AUTH_DISABLED=true) — anyone who can reach this port can use the API"
+        if settings.auth_disabled
+        else f"auth: ON — send 'Authorization: Bearer <key>' ({len(settings.api_keys)} key(s) configured)"
+    )
+    typer.echo(f"momo serve on http://{settings.host}:{settings.port}  (docs: /docs, metrics: /metrics)")
+    typer.echo(f"  {model_line}")
+    typer.echo(f"  {auth}")
+    typer.echo(f"  collections: {settings.data_dir / 'collections'}")
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=int(settings.request_timeout_s),
+    )
+
+
+def _serve_command() -> Any:
+    parameters = []
+    for name, field in Settings.model_fields.items():
+        annotation, option = _option_for(name, field)
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        )
+
+    def serve(**flags: Any) -> None:
+        """Serve the model over HTTP (FastAPI + uvicorn). Flags = MOMO_* settings."""
+        _serve(**flags)
+
+    serve.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return serve
+
+
+def register(app: typer.Typer) -> None:
+    """Add `momo serve` to the `momo` CLI (`momo worker` is added by the job-queue side)."""
+    app.command("serve", help="Serve the model over HTTP. Every flag is also a MOMO_* environment variable.")(
+        _serve_command()
+    )
+    # `momo worker` goes here too, as a command that imports the worker module only when it runs
+    # (so that `momo serve` never imports training/).
