@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.deps import Authorized
+from service.deps import Authorized, Services, declare_bearer_auth
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.logs import configure_logging
@@ -44,12 +44,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     engine = Engine(settings, metrics)
     collection_store = CollectionStore(
-        settings.data_dir / "collections", fsync=settings.collections_fsync,
-        snapshot_every=settings.collection_snapshot_every, max_items=settings.max_collection_items,
+        settings.data_dir / "collections",
+        fsync=settings.collections_fsync,
+        snapshot_every=settings.collection_snapshot_every,
+        max_items=settings.max_collection_items,
     )
     fetcher = ImageFetcher(
-        enabled=settings.image_urls_enabled, timeout_s=settings.image_url_timeout_s,
-        max_bytes=settings.max_image_bytes, max_redirects=settings.image_url_max_redirects,
+        enabled=settings.image_urls_enabled,
+        timeout_s=settings.image_url_timeout_s,
+        max_bytes=settings.max_image_bytes,
+        max_redirects=settings.image_url_max_redirects,
     )
 
     @asynccontextmanager
@@ -58,8 +62,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for collection in collection_store.list():
             metrics.collection_items.labels(collection.name).set(collection.count)
         await engine.start()
-        log.info("ready" if engine.current else "started without a model",
-                 extra={"auth": "on" if settings.auth_enabled else "off"})
+        log.info(
+            "ready" if engine.current else "started without a model",
+            extra={"auth": "on" if settings.auth_enabled else "off"},
+        )
         try:
             yield
         finally:
@@ -68,7 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("stopped")
 
     app = FastAPI(
-        title="MoMo", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+        title="MoMo",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
         docs_url="/docs" if settings.docs_enabled else None,
         redoc_url="/redoc" if settings.docs_enabled else None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
@@ -78,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.collections = collection_store
     app.state.fetcher = fetcher
+    app.state.services = Services(settings, metrics, engine, collection_store, fetcher)
 
     install_error_handlers(app)
     app.include_router(ops.router)
@@ -85,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=[Authorized])
     if settings.test_hooks:
         app.include_router(ops.hooks)
+    declare_bearer_auth(app)
     # add_middleware prepends: the last one added runs first (outermost).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -3,8 +3,10 @@
 Request handlers `submit` already-preprocessed items (pixel arrays, token ids) and await asyncio
 futures. The worker thread takes the oldest item, waits until `max_batch` items are queued or
 `max_wait_s` has passed since that item arrived, runs one runtime call per operation in the batch
-and resolves the futures on their event loop. While the worker is busy the queue fills, so under
-load batches leave full and without waiting.
+and resolves the futures on their event loop (one wake-up per batch). While the worker is busy the
+queue fills, so under load batches leave full and without waiting; and when every request in
+flight is already queued (`in_flight` hint), it does not wait at all — a lone request pays no
+batching delay.
 
 Failure isolation: if a batched call raises, its items are retried one by one so a bad input
 fails only its own request. A full queue raises `QueueFull` (-> 429 with Retry-After). If the
@@ -65,6 +67,11 @@ def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_result(value)
 
 
+def _resolve_all(resolutions: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in resolutions:
+        _resolve(future, value, error)
+
+
 class BatchQueue:
     """One bounded queue and its inference thread."""
 
@@ -77,6 +84,7 @@ class BatchQueue:
         max_wait_s: float,
         capacity: int,
         on_batch: Callable[[str, int, float], None] | None = None,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.name = name
         self._process = process
@@ -84,6 +92,7 @@ class BatchQueue:
         self.max_wait_s = max(0.0, max_wait_s)
         self.capacity = max(1, capacity)
         self._on_batch = on_batch
+        self._in_flight = in_flight
         self._items: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -149,6 +158,8 @@ class BatchQueue:
             return []
         futures = self.submit_many(op, payloads)
         try:
+            if len(futures) == 1:
+                return [await asyncio.wait_for(futures[0], timeout)]
             return list(await asyncio.wait_for(asyncio.gather(*futures), timeout))
         except BaseException:
             for future in futures:
@@ -170,6 +181,8 @@ class BatchQueue:
                 self._cond.wait()
             deadline = self._items[0].enqueued + self.max_wait_s
             while len(self._items) < self.max_batch and not self._stopping and not self._kill:
+                if self._in_flight is not None and len(self._items) >= self._in_flight():
+                    break  # every request in flight is already queued: waiting cannot grow the batch
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -220,12 +233,18 @@ class BatchQueue:
                 if len(items) == 1:
                     self._deliver(items[0], None, exc)
                 else:
-                    log.warning("batch of %d on %s/%s failed (%r); retrying one by one", len(items), self.name,
-                                op, exc)
+                    log.warning(
+                        "batch of %d on %s/%s failed (%r); retrying one by one",
+                        len(items),
+                        self.name,
+                        op,
+                        exc,
+                    )
                     self._run_singly(op, items)
             else:
-                for item, result in zip(items, results, strict=True):
-                    self._deliver(item, result, None)
+                self._deliver_many(
+                    [(item, result, None) for item, result in zip(items, results, strict=True)]
+                )
             elapsed = time.perf_counter() - started
             self._ema_batch_s = 0.8 * self._ema_batch_s + 0.2 * elapsed
             if self._on_batch is not None:
@@ -245,6 +264,18 @@ class BatchQueue:
     def _deliver(item: _Item, value: Any, error: BaseException | None) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             item.loop.call_soon_threadsafe(_resolve, item.future, value, error)
+
+    @staticmethod
+    def _deliver_many(outcomes: list[tuple[_Item, Any, BaseException | None]]) -> None:
+        """One event-loop wake-up per loop for a whole batch (not one per item)."""
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+        ] = {}
+        for item, value, error in outcomes:
+            by_loop.setdefault(item.loop, []).append((item.future, value, error))
+        for loop, resolutions in by_loop.items():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve_all, resolutions)
 
     def _fail_pending(self, error: BaseException) -> None:
         with self._cond:

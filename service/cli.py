@@ -12,7 +12,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 
 from service.settings import Settings
@@ -33,8 +32,8 @@ def _option_for(name: str, field: Any) -> tuple[Any, Any]:
     if annotation is bool:
         return bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
     if origin is typing.Literal:
-        choices = [str(c) for c in typing.get_args(annotation)]
-        return str | None, typer.Option(None, *decls, help=help_text, click_type=click.Choice(choices))
+        choices = "|".join(str(c) for c in typing.get_args(annotation))
+        return str | None, typer.Option(None, *decls, help=f"{help_text} [{choices}]")
     if origin is list:
         return str | None, typer.Option(None, *decls, help=help_text + " (comma-separated)")
     if annotation in (int, float, Path, str):
@@ -61,7 +60,7 @@ def _serve(**flags: Any) -> None:
     store = ModelStore(settings.model_store)
     try:
         path = store.resolve(settings.model)
-        model_line = f"model: {store.reference_of(path)} ({path}) on runtime {settings.runtime}, device {settings.device}"
+        model_line = f"model: {store.reference_of(path)} ({path}), {settings.runtime} on {settings.device}"
     except StoreError as exc:
         model_line = (
             f"no model yet — run `make pretrain-default` (store {settings.model_store}: {exc}).\n"
@@ -78,7 +77,11 @@ def _serve(**flags: Any) -> None:
     typer.echo(f"  {auth}")
     typer.echo(f"  collections: {settings.data_dir / 'collections'}")
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=int(settings.request_timeout_s),
     )
 

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 
 from momo.artifact import ArtifactError
 from momo.store import ModelStore, StoreError
-from service.batching import BatchQueue, QueueFull, WorkerDead
+from service.batching import BatchQueue, ProcessFn, QueueFull, WorkerDead
 from service.errors import APIError, unavailable
 from service.metrics import Metrics
 from service.settings import Settings
@@ -33,6 +34,7 @@ from service.settings import Settings
 log = logging.getLogger("momo.service.engine")
 
 QUEUES = ("image", "text", "pair")
+REFERENCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(:[A-Za-z0-9._-]{1,64})?$")
 NO_MODEL_MESSAGE = "no model yet — run `make pretrain-default` (or activate one with `momo models activate`)"
 
 
@@ -47,6 +49,7 @@ class ModelHandle:
     def __init__(self, runtime: Any, settings: Settings, metrics: Metrics | None = None) -> None:
         self.runtime = runtime
         self.settings = settings
+        self.metrics = metrics
         artifact = runtime.artifact
         self.artifact = artifact
         self.config = artifact.config
@@ -66,11 +69,20 @@ class ModelHandle:
         self._idle = threading.Event()
         self._idle.set()
         on_batch = metrics.observe_batch if metrics is not None else None
-        processes = {"image": self._process_image, "text": self._process_text, "pair": self._process_pair}
+        processes: dict[str, ProcessFn] = {
+            "image": self._process_image,
+            "text": self._process_text,
+            "pair": self._process_pair,
+        }
         self.queues = {
             name: BatchQueue(
-                name, processes[name], max_batch=settings.effective_max_batch,
-                max_wait_s=settings.max_wait_ms / 1000.0, capacity=settings.queue_size, on_batch=on_batch,
+                name,
+                processes[name],
+                max_batch=settings.effective_max_batch,
+                max_wait_s=settings.max_wait_ms / 1000.0,
+                capacity=settings.queue_size,
+                on_batch=on_batch,
+                in_flight=self._in_flight_count,
             )
             for name in QUEUES
         }
@@ -95,6 +107,9 @@ class ModelHandle:
     def inflight(self) -> int:
         return self._inflight
 
+    def _in_flight_count(self) -> int:
+        return self._inflight
+
     @property
     def alive(self) -> bool:
         return all(q.alive for q in self.queues.values())
@@ -102,8 +117,12 @@ class ModelHandle:
     def retire(self, timeout: float) -> None:
         """Blocking: wait for the last request on this handle, drain the queues, close the runtime."""
         if not self._idle.wait(timeout):
-            log.warning("model %s still has %d requests after %.0fs; closing anyway", self.reference,
-                        self._inflight, timeout)
+            log.warning(
+                "model %s still has %d requests after %.0fs; closing anyway",
+                self.reference,
+                self._inflight,
+                timeout,
+            )
         for queue in self.queues.values():
             queue.stop(timeout)
         with contextlib.suppress(Exception):
@@ -120,7 +139,7 @@ class ModelHandle:
             mask[i, : len(row)] = 1
         return ids, mask
 
-    def _process_image(self, op: str, payloads: list[np.ndarray]) -> Sequence[Any]:
+    def _process_image(self, op: str, payloads: list[Any]) -> Sequence[Any]:
         pixels = np.stack(payloads)
         if op == "embed":
             return list(self.runtime.encode_images(pixels))
@@ -128,7 +147,7 @@ class ModelHandle:
             return list(self.runtime.head_logits(op[5:], pixels=pixels))
         raise ValueError(f"unknown image op {op!r}")
 
-    def _process_text(self, op: str, payloads: list[np.ndarray]) -> Sequence[Any]:
+    def _process_text(self, op: str, payloads: list[Any]) -> Sequence[Any]:
         ids, mask = self._pad(payloads)
         if op == "embed":
             return list(self.runtime.encode_texts(ids, mask))
@@ -136,7 +155,7 @@ class ModelHandle:
             return list(self.runtime.head_logits(op[5:], input_ids=ids, attention_mask=mask))
         raise ValueError(f"unknown text op {op!r}")
 
-    def _process_pair(self, op: str, payloads: list[PairPayload]) -> Sequence[Any]:
+    def _process_pair(self, op: str, payloads: list[Any]) -> Sequence[Any]:
         pixels = np.stack([p.pixels for p in payloads])
         ids, mask = self._pad([p.ids for p in payloads])
         if op == "vqa":
@@ -154,15 +173,20 @@ class ModelHandle:
         try:
             return await self.queues[queue].run(op, payloads, self.settings.request_timeout_s)
         except QueueFull as exc:
+            if self.metrics is not None:
+                self.metrics.queue_rejections.labels(queue).inc()
             raise APIError(
-                429, f"the server is busy ({exc.queue} queue full); retry later", "queue_full",
+                429,
+                f"the server is busy ({exc.queue} queue full); retry later",
+                "queue_full",
                 headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
             ) from exc
         except WorkerDead as exc:
             raise unavailable(str(exc), "worker_unavailable", retry_after=5) from exc
         except TimeoutError as exc:
             raise unavailable(
-                f"inference did not finish within {self.settings.request_timeout_s:g}s", "inference_timeout",
+                f"inference did not finish within {self.settings.request_timeout_s:g}s",
+                "inference_timeout",
                 retry_after=5,
             ) from exc
 
@@ -176,8 +200,13 @@ class ModelHandle:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "name": self.name, "version": self.version, "reference": self.reference, "runtime": self.kind,
-            "device": self.device, "embedding_dim": self.dim, "loaded_at": int(self.loaded_at),
+            "name": self.name,
+            "version": self.version,
+            "reference": self.reference,
+            "runtime": self.kind,
+            "device": self.device,
+            "embedding_dim": self.dim,
+            "loaded_at": int(self.loaded_at),
         }
 
 
@@ -203,8 +232,13 @@ class Engine:
 
         s = self.settings
         runtime = load_runtime(
-            reference, kind=s.runtime, store=self.store, device=s.device, threads=s.threads,
-            torchscript=s.torchscript, cache_dir=s.runtime_cache_dir,
+            reference,
+            kind=s.runtime,
+            store=self.store,
+            device=s.device,
+            threads=s.threads,
+            torchscript=s.torchscript,
+            cache_dir=s.runtime_cache_dir,
         )
         handle = ModelHandle(runtime, s, self.metrics)
         handle.start()
@@ -240,10 +274,16 @@ class Engine:
         """Load `reference`, persist it as the store's active version, switch to it; returns
         (handle, changed). Requests keep flowing: the old model finishes its work, then closes."""
         async with self._activate_lock:
+            if not REFERENCE_RE.match(reference):
+                raise APIError(
+                    404, f"{reference!r} is not a model reference (name or name:version)", "model_not_found"
+                )
             try:
                 path = self.store.resolve(reference)
             except StoreError as exc:
                 raise APIError(404, str(exc), "model_not_found") from exc
+            if path.parent.parent.resolve() != self.store.root.resolve():
+                raise APIError(404, f"{reference!r} is not a version in the store", "model_not_found")
             current = self.current
             if current is not None and Path(current.artifact.path).resolve() == path.resolve():
                 if persist:
@@ -258,8 +298,9 @@ class Engine:
             except Exception as exc:
                 self._count("failed")
                 log.exception("loading %s failed", reference)
-                raise APIError(500, f"cannot load {reference}: {type(exc).__name__}: {exc}", "model_load_failed") \
-                    from exc
+                raise APIError(
+                    500, f"cannot load {reference}: {type(exc).__name__}: {exc}", "model_load_failed"
+                ) from exc
             finally:
                 self.activating = None
             if persist:
@@ -317,11 +358,16 @@ class Engine:
         dead = [name for name, q in handle.queues.items() if not q.alive]
         if dead:
             return False, {
-                "status": "not_ready", "reason": f"inference worker(s) not running: {', '.join(dead)}",
+                "status": "not_ready",
+                "reason": f"inference worker(s) not running: {', '.join(dead)}",
                 "model": handle.reference,
             }
-        return True, {"status": "ready", "model": handle.reference, "runtime": handle.kind,
-                      "device": handle.device}
+        return True, {
+            "status": "ready",
+            "model": handle.reference,
+            "runtime": handle.kind,
+            "device": handle.device,
+        }
 
     def queue_states(self) -> dict[str, tuple[int, bool]]:
         handle = self.current

@@ -51,7 +51,9 @@ class APIError(Exception):
         self.status = status
         self.message = message
         self.code = code
-        self.type = type or ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+        self.type = type or ERROR_TYPES.get(
+            status, "invalid_request_error" if status < 500 else "server_error"
+        )
         self.param = param
         self.headers = headers or {}
 
@@ -63,7 +65,9 @@ class APIError(Exception):
 
 
 def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return JSONResponse(
+        exc.body(), status_code=exc.status, headers=dict(exc.headers) if exc.headers else None
+    )
 
 
 def error_body(status: int, message: str, code: str) -> dict[str, Any]:
@@ -91,24 +95,37 @@ def unavailable(message: str, code: str = "unavailable", retry_after: int | None
     return APIError(503, message, code, headers=headers)
 
 
+def _is_tag(part: object) -> bool:
+    """Union-branch tags pydantic puts into error locations ("str", "list[int]", "function-after[...]")."""
+    return isinstance(part, str) and ("[" in part or part in _TAGS)
+
+
+_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "Item", "json-or-python", "is-instance"}
+
+
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
+    parts = [str(p) for p in loc if p != "body" and not _is_tag(p)]
     return ".".join(parts) or "body"
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str, str | None]:
-    errors = exc.errors()
+    errors = list(exc.errors())
     if not errors:
         return "request is invalid", "invalid_request", None
     first = errors[0]
-    kind = str(first.get("type", ""))
-    if kind in ("json_invalid", "json_type"):
-        detail = first.get("ctx", {}).get("error") if isinstance(first.get("ctx"), dict) else None
+    if str(first.get("type", "")) in ("json_invalid", "json_type"):
+        ctx = first.get("ctx")
+        detail = ctx.get("error") if isinstance(ctx, dict) else None
         return f"request body is not valid JSON{f' ({detail})' if detail else ''}", "invalid_json", None
-    loc = _location(first.get("loc", ()))
-    parts = [f"{_location(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return "invalid request: " + "; ".join(parts) + more, "invalid_type" if kind else "invalid_request", loc
+    grouped: dict[str, list[str]] = {}
+    for error in errors:
+        messages = grouped.setdefault(_location(error.get("loc", ())), [])
+        message = str(error.get("msg", "invalid"))
+        if message not in messages:
+            messages.append(message)
+    parts = [f"{where}: {' or '.join(msgs[:3])}" for where, msgs in list(grouped.items())[:5]]
+    more = f" (and {len(grouped) - 5} more)" if len(grouped) > 5 else ""
+    return "invalid request: " + "; ".join(parts) + more, "invalid_type", next(iter(grouped))
 
 
 async def _api_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -129,7 +146,12 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route {request.method} {request.url.path}"
     return error_response(
-        APIError(exc.status_code, message, codes.get(exc.status_code, "http_error"), headers=exc.headers)
+        APIError(
+            exc.status_code,
+            message,
+            codes.get(exc.status_code, "http_error"),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
     )
 
 

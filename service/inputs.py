@@ -15,7 +15,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from momo.preprocess import ImageDecodeError, ImageLimits, decode_base64_image, decode_image, preprocess_images
+from momo.preprocess import (
+    ImageDecodeError,
+    ImageLimits,
+    decode_base64_image,
+    decode_image,
+    preprocess_images,
+)
 from service.engine import ModelHandle
 from service.errors import APIError, bad_request
 from service.schemas import Item
@@ -45,12 +51,14 @@ def check_model(handle: ModelHandle, requested: str | None) -> None:
     """A request's `model` must name the served model (or be a generic alias)."""
     if requested is None or requested.strip().lower() in MODEL_ALIASES:
         return
-    if requested in (handle.name, handle.reference, handle.version):
+    if requested in (handle.name, handle.reference):
         return
     raise APIError(
-        404, f"model {requested!r} is not served here; this server serves {handle.reference!r} "
+        404,
+        f"model {requested!r} is not served here; this server serves {handle.reference!r} "
         "(use that, 'momo', or activate another version with POST /v1/models/{id}/activate)",
-        "model_not_found", param="model",
+        "model_not_found",
+        param="model",
     )
 
 
@@ -68,8 +76,9 @@ def parse_one(value: Any, modality: Modality | None, param: str, *, allow_pair: 
     if isinstance(value, Item):
         if value.image is not None and value.text is not None:
             if not allow_pair:
-                raise bad_request(f"{param} has both 'image' and 'text'; send one per input", "invalid_input",
-                                  param)
+                raise bad_request(
+                    f"{param} has both 'image' and 'text'; send one per input", "invalid_input", param
+                )
             return Parsed(text=value.text, image=value.image)
         if value.image is not None:
             if modality == "text":
@@ -81,10 +90,12 @@ def parse_one(value: Any, modality: Modality | None, param: str, *, allow_pair: 
     if isinstance(value, int | list):
         raise bad_request(
             "token arrays are not supported: send text as strings (MoMo uses its own tokenizer)",
-            "token_input_unsupported", param,
+            "token_input_unsupported",
+            param,
         )
-    raise APIError(422, f"{param} must be a string or an object with 'image' or 'text'", "invalid_type",
-                   param=param)
+    raise APIError(
+        422, f"{param} must be a string or an object with 'image' or 'text'", "invalid_type", param=param
+    )
 
 
 def parse_inputs(
@@ -97,7 +108,8 @@ def parse_inputs(
         if raw and all(isinstance(v, int) for v in raw):
             raise bad_request(
                 "token arrays are not supported: send text as strings (MoMo uses its own tokenizer)",
-                "token_input_unsupported", param,
+                "token_input_unsupported",
+                param,
             )
         values = raw
         names = [f"{param}[{i}]" for i in range(len(raw))]
@@ -108,7 +120,8 @@ def parse_inputs(
     if len(values) > settings.max_items_per_request:
         raise bad_request(
             f"{len(values)} inputs in one request; the limit is {settings.max_items_per_request}",
-            "too_many_inputs", param,
+            "too_many_inputs",
+            param,
         )
     return [parse_one(v, modality, n, allow_pair=allow_pair) for v, n in zip(values, names, strict=True)]
 
@@ -140,7 +153,8 @@ async def tokenize(
     for text, param in zip(texts, params, strict=True):
         if len(text) > settings.max_text_chars:
             raise bad_request(
-                f"{param} has {len(text)} characters; the limit is {settings.max_text_chars}", "text_too_long",
+                f"{param} has {len(text)} characters; the limit is {settings.max_text_chars}",
+                "text_too_long",
                 param,
             )
     if sum(len(t) for t in texts) > 4096:
@@ -152,7 +166,8 @@ async def tokenize(
         raise bad_request(
             f"{names} exceed(s) the model's limit of {handle.config.max_text_len} tokens "
             "(this server refuses over-long texts instead of truncating them)",
-            "text_too_long", params[prep.truncated[0]],
+            "text_too_long",
+            params[prep.truncated[0]],
         )
     return prep
 
@@ -183,7 +198,10 @@ def _decode_all(
 
 
 async def load_images(
-    handle: ModelHandle, sources: Sequence[str], settings: Settings, fetcher: ImageFetcher,
+    handle: ModelHandle,
+    sources: Sequence[str],
+    settings: Settings,
+    fetcher: ImageFetcher,
     params: Sequence[str],
 ) -> list[np.ndarray]:
     """Decode and preprocess images (base64, data: URIs, or URLs when enabled) -> list of (C, H, W)."""

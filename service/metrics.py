@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -18,9 +18,13 @@ class _QueueDepthCollector(Collector):
     def __init__(self, depths: Callable[[], dict[str, tuple[int, bool]]]) -> None:
         self._depths = depths
 
-    def collect(self):  # type: ignore[no-untyped-def]
-        depth = GaugeMetricFamily("momo_queue_depth", "Items waiting in each inference queue.", labels=["queue"])
-        alive = GaugeMetricFamily("momo_worker_alive", "1 while the queue's inference thread runs.", labels=["queue"])
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "momo_queue_depth", "Items waiting in each inference queue.", labels=["queue"]
+        )
+        alive = GaugeMetricFamily(
+            "momo_worker_alive", "1 while the queue's inference thread runs.", labels=["queue"]
+        )
         for name, (value, is_alive) in sorted(self._depths().items()):
             depth.add_metric([name], value)
             alive.add_metric([name], 1.0 if is_alive else 0.0)
@@ -33,32 +37,47 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "momo_http_requests", "HTTP requests by route, method and status.", ["route", "method", "status"],
+            "momo_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
             registry=r,
         )
         self.latency = Histogram(
-            "momo_http_request_duration_seconds", "HTTP request latency by route.", ["route", "method"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "momo_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge("momo_http_requests_in_flight", "Requests being handled.", registry=r)
         self.batch_size = Histogram(
             "momo_batch_size", "Items per inference batch.", ["queue"], buckets=BATCH_BUCKETS, registry=r
         )
         self.inference_seconds = Histogram(
-            "momo_inference_seconds", "Runtime time per inference batch.", ["queue"], buckets=LATENCY_BUCKETS,
+            "momo_inference_seconds",
+            "Runtime time per inference batch.",
+            ["queue"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_rejections = Counter(
-            "momo_queue_rejections", "Requests refused with 429 because a queue was full.", ["queue"], registry=r
+            "momo_queue_rejections",
+            "Requests refused with 429 because a queue was full.",
+            ["queue"],
+            registry=r,
         )
         self.inputs = Counter("momo_inputs", "Inputs processed by modality.", ["modality"], registry=r)
         self.tokens = Counter("momo_text_tokens", "Text tokens processed.", registry=r)
         self.truncated = Counter("momo_texts_truncated", "Texts truncated to the model's limit.", registry=r)
         self.model_info = Gauge(
-            "momo_model_info", "The served model version (value 1).", ["name", "version", "runtime", "device"],
+            "momo_model_info",
+            "The served model version (value 1).",
+            ["name", "version", "runtime", "device"],
             registry=r,
         )
-        self.model_swaps = Counter("momo_model_activations", "Model activations by outcome.", ["outcome"], registry=r)
+        self.model_swaps = Counter(
+            "momo_model_activations", "Model activations by outcome.", ["outcome"], registry=r
+        )
         self.collection_items = Gauge(
             "momo_collection_items", "Items per retrieval collection.", ["collection"], registry=r
         )

@@ -19,13 +19,21 @@ access_log = logging.getLogger("momo.service.access")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+) -> None:
     payload = json.dumps(body).encode("utf-8")
-    await send({
-        "type": "http.response.start", "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                    *headers],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
@@ -69,7 +77,9 @@ class RequestContextMiddleware:
             access_log.exception("unhandled error")
             status = 500
             if not started:
-                await send_json(send, 500, error_body(500, "internal server error", "internal_error"), [rid_header])
+                await send_json(
+                    send, 500, error_body(500, "internal server error", "internal_error"), [rid_header]
+                )
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - t0
@@ -82,8 +92,12 @@ class RequestContextMiddleware:
             access_log.info(
                 "request",
                 extra={
-                    "method": method, "path": scope.get("path"), "route": template, "status": status,
-                    "duration_ms": round(elapsed * 1000, 2), "client": client[0] if client else None,
+                    "method": method,
+                    "path": scope.get("path"),
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "client": client[0] if client else None,
                 },
             )
             request_id_var.reset(token)
@@ -100,8 +114,9 @@ class BodyLimitMiddleware:
 
     def _refuse(self, declared: int | None = None) -> dict[str, Any]:
         size = f" ({declared} bytes)" if declared is not None else ""
-        return error_body(413, f"request body{size} is larger than the limit of {self.max_bytes} bytes",
-                          "request_too_large")
+        return error_body(
+            413, f"request body{size} is larger than the limit of {self.max_bytes} bytes", "request_too_large"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,7 +127,9 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await send_json(send, 400, error_body(400, "invalid Content-Length", "invalid_request"), [])
+                    await send_json(
+                        send, 400, error_body(400, "invalid Content-Length", "invalid_request"), []
+                    )
                     return
                 if declared > self.max_bytes:
                     await send_json(send, 413, self._refuse(declared), [(b"connection", b"close")])

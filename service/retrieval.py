@@ -169,8 +169,9 @@ def _unframe(line: bytes) -> dict[str, Any] | None:
 
 
 class Collection:
-    def __init__(self, directory: Path, meta: dict[str, Any], *, fsync: bool, snapshot_every: int,
-                 max_items: int) -> None:
+    def __init__(
+        self, directory: Path, meta: dict[str, Any], *, fsync: bool, snapshot_every: int, max_items: int
+    ) -> None:
         self.directory = directory
         self.meta = meta
         self.name = str(meta["name"])
@@ -199,9 +200,14 @@ class Collection:
 
     def info(self) -> dict[str, Any]:
         return {
-            "name": self.name, "dim": self.dim, "model": self.model, "count": self.count,
-            "counts": self.counts(), "created_at": self.meta.get("created_at"),
-            "description": self.meta.get("description"), "metadata": self.meta.get("metadata") or {},
+            "name": self.name,
+            "dim": self.dim,
+            "model": self.model,
+            "count": self.count,
+            "counts": self.counts(),
+            "created_at": self.meta.get("created_at"),
+            "description": self.meta.get("description"),
+            "metadata": self.meta.get("metadata") or {},
         }
 
     # --- in-memory application (no I/O) ------------------------------------------------------------------
@@ -209,7 +215,7 @@ class Collection:
         item = self._items.pop(item_id, None)
         if item is None:
             return False
-        self._indexes[item.modality].remove_ids(np.asarray([item.key], dtype=np.int64))
+        self._indexes[item.modality].remove_ids(np.asarray([item.key], dtype=np.int64))  # type: ignore[arg-type]
         self._by_key.pop(item.key, None)
         return True
 
@@ -219,13 +225,17 @@ class Collection:
                 self._remove(entry["id"])
                 key = self._next_key
                 self._next_key += 1
-                vector = _decode_vector(entry["vector"], self.dim) if isinstance(entry["vector"], str) \
+                vector = (
+                    _decode_vector(entry["vector"], self.dim)
+                    if isinstance(entry["vector"], str)
                     else entry["vector"]
+                )
                 self._indexes[entry["modality"]].add_with_ids(
                     vector.reshape(1, -1), np.asarray([key], dtype=np.int64)
                 )
-                self._items[entry["id"]] = Item(entry["id"], entry["modality"], entry.get("metadata") or {},
-                                                entry.get("text"), key)
+                self._items[entry["id"]] = Item(
+                    entry["id"], entry["modality"], entry.get("metadata") or {}, entry.get("text"), key
+                )
                 self._by_key[key] = entry["id"]
         elif record["op"] == "delete":
             for item_id in record["ids"]:
@@ -254,7 +264,9 @@ class Collection:
                 for line in fh:
                     record = _unframe(line)
                     if record is None:
-                        log.warning("%s: ignoring a torn/corrupt record at byte %d (and after)", wal, good_bytes)
+                        log.warning(
+                            "%s: ignoring a torn/corrupt record at byte %d (and after)", wal, good_bytes
+                        )
                         break
                     good_bytes += len(line)
                     if int(record["seq"]) > self._seq:
@@ -280,8 +292,9 @@ class Collection:
         """Fold the WAL into a new snapshot, then truncate the WAL (caller holds the write lock)."""
         entries, vectors = [], []
         for item in self._items.values():
-            entries.append({"id": item.id, "modality": item.modality, "metadata": item.metadata,
-                            "text": item.text})
+            entries.append(
+                {"id": item.id, "modality": item.modality, "metadata": item.metadata, "text": item.text}
+            )
             vectors.append(self._indexes[item.modality].reconstruct(item.key))
         state = json.dumps({"seq": self._seq, "items": entries}).encode("utf-8")
         array = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, self.dim), np.float32)
@@ -315,10 +328,16 @@ class Collection:
                     400, f"collection {self.name!r} would exceed {self.max_items} items", "collection_full"
                 )
             record = {
-                "op": "upsert", "seq": self._seq + 1,
+                "op": "upsert",
+                "seq": self._seq + 1,
                 "items": [
-                    {"id": it.id, "modality": it.modality, "metadata": it.metadata, "text": it.text,
-                     "vector": _encode_vector(it.vector)}
+                    {
+                        "id": it.id,
+                        "modality": it.modality,
+                        "metadata": it.metadata,
+                        "text": it.text,
+                        "vector": _encode_vector(it.vector),
+                    }
                     for it in items
                 ],
             }
@@ -346,7 +365,10 @@ class Collection:
             return self._items.get(item_id)
 
     def search(
-        self, query: np.ndarray, top_k: int, modality: str | None = None,
+        self,
+        query: np.ndarray,
+        top_k: int,
+        modality: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> list[Hit]:
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
@@ -373,8 +395,9 @@ class Collection:
 class CollectionStore:
     """Every collection under one directory; create/delete are serialised by a store lock."""
 
-    def __init__(self, root: Path, *, fsync: bool = True, snapshot_every: int = 2000,
-                 max_items: int = 1_000_000) -> None:
+    def __init__(
+        self, root: Path, *, fsync: bool = True, snapshot_every: int = 2000, max_items: int = 1_000_000
+    ) -> None:
         self.root = Path(root)
         self.fsync = fsync
         self.snapshot_every = snapshot_every
@@ -384,8 +407,9 @@ class CollectionStore:
         self.opened = False
 
     def _make(self, directory: Path, meta: dict[str, Any]) -> Collection:
-        return Collection(directory, meta, fsync=self.fsync, snapshot_every=self.snapshot_every,
-                          max_items=self.max_items)
+        return Collection(
+            directory, meta, fsync=self.fsync, snapshot_every=self.snapshot_every, max_items=self.max_items
+        )
 
     def open(self) -> None:
         """Load every collection from disk (and sweep leftovers of interrupted creates/deletes)."""
@@ -417,7 +441,9 @@ class CollectionStore:
                         try:
                             collection.snapshot()
                         except OSError:
-                            log.exception("snapshot of %s failed (the WAL still has everything)", collection.name)
+                            log.exception(
+                                "snapshot of %s failed (the WAL still has everything)", collection.name
+                            )
                     collection.close()
             self._collections.clear()
 
@@ -431,18 +457,33 @@ class CollectionStore:
             raise CollectionError(404, f"no collection named {name!r}", "collection_not_found")
         return collection
 
-    def create(self, name: str, dim: int, model: str, description: str | None = None,
-               metadata: dict[str, Any] | None = None) -> Collection:
+    def create(
+        self,
+        name: str,
+        dim: int,
+        model: str,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Collection:
         if not NAME_RE.match(name):
             raise CollectionError(
-                400, "collection name must be 1-64 characters of letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit", "invalid_collection_name",
+                400,
+                "collection name must be 1-64 characters of letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit",
+                "invalid_collection_name",
             )
         with self._lock:
             if name in self._collections:
                 raise CollectionError(409, f"collection {name!r} already exists", "collection_exists")
-            meta = {"name": name, "dim": dim, "model": model, "created_at": utc_now(),
-                    "description": description, "metadata": metadata or {}, "format": 1}
+            meta = {
+                "name": name,
+                "dim": dim,
+                "model": model,
+                "created_at": utc_now(),
+                "description": description,
+                "metadata": metadata or {},
+                "format": 1,
+            }
             tmp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir(parents=True)
             try:

@@ -27,12 +27,13 @@ class Item(BaseModel):
 InputValue = str | Item | int | list[int]
 
 
-# --- embeddings ----------------------------------------------------------------------------------------------
+# --- embeddings -----------------------------------------------------------------------------------
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     input: str | list[InputValue] = Field(
-        ..., description="A string or a list of strings / {'image': ...} / {'text': ...} items. "
-        "Strings starting with 'data:image/' are images; others are texts unless modality='image'."
+        ...,
+        description="A string or a list of strings / {'image': ...} / {'text': ...} items. "
+        "Strings starting with 'data:image/' are images; others are texts unless modality='image'.",
     )
     model: str | None = Field(None, description="The served model: 'momo', its name, or name:version.")
     encoding_format: Literal["float", "base64"] = "float"
@@ -60,13 +61,15 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
-# --- classification ------------------------------------------------------------------------------------------
+# --- classification -------------------------------------------------------------------------------
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: str | Item | list[str | Item] = Field(..., description="One input or a list.")
     modality: Modality | None = None
     labels: list[str] | None = Field(None, description="Zero-shot: the candidate labels.")
-    template: str | None = Field(None, description="Zero-shot prompt with '{label}'; server default if unset.")
+    template: str | None = Field(
+        None, description="Zero-shot prompt with '{label}'; server default if unset."
+    )
     head: str | None = Field(None, description="A fine-tuned head of the model instead of zero-shot labels.")
     top_k: int | None = Field(None, ge=1, description="Return only the best k labels.")
     model: str | None = None
@@ -92,7 +95,7 @@ class ClassifyResponse(BaseModel):
     usage: Usage
 
 
-# --- VQA ---------------------------------------------------------------------------------------------------------
+# --- VQA ------------------------------------------------------------------------------------------
 class VQARequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(..., description="base64, a data:image URI, or an http(s) URL (when enabled).")
@@ -113,7 +116,7 @@ class VQAResponse(BaseModel):
     usage: Usage
 
 
-# --- collections ------------------------------------------------------------------------------------------------
+# --- collections ----------------------------------------------------------------------------------
 class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., description="1-64 of letters, digits, '.', '_', '-'.")
@@ -222,7 +225,7 @@ class SearchResponse(BaseModel):
     usage: Usage
 
 
-# --- models ---------------------------------------------------------------------------------------------------------
+# --- models ---------------------------------------------------------------------------------------
 class HeadInfo(BaseModel):
     input: str
     task: str
@@ -257,7 +260,7 @@ class Activation(BaseModel):
     changed: bool
 
 
-# --- ops ---------------------------------------------------------------------------------------------------------------
+# --- ops ------------------------------------------------------------------------------------------
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 

@@ -19,62 +19,81 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOMO_", extra="ignore", validate_default=True)
 
     # --- network ---------------------------------------------------------------------------------
-    host: str = Field("127.0.0.1", description="Interface to bind.")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    host: str = Field(default="127.0.0.1", description="Interface to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port).")
 
     # --- model -------------------------------------------------------------------------------------
-    model_store: Path = Field(Path("model_store"), description="Model store directory.")
-    model: str | None = Field(None, description="Model to serve: name, name:version or path; default: active.")
-    runtime: Literal["onnx", "onnx-int8", "torch"] = Field("onnx", description="Inference runtime.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto (GPU when present) | cpu | cuda.")
-    threads: int | None = Field(None, ge=1, description="Intra-op threads of the runtime (default: its own).")
-    torchscript: bool = Field(False, description="torch runtime: run a TorchScript trace.")
-    runtime_cache_dir: Path | None = Field(None, description="Where exported graphs are cached.")
+    model_store: Path = Field(default=Path("model_store"), description="Model store directory.")
+    model: str | None = Field(
+        default=None, description="Model to serve: name, name:version or path; default: active."
+    )
+    runtime: Literal["onnx", "onnx-int8", "torch"] = Field(default="onnx", description="Inference runtime.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto (GPU when present) | cpu | cuda."
+    )
+    threads: int | None = Field(
+        default=None, ge=1, description="Intra-op threads of the runtime (default: its own)."
+    )
+    torchscript: bool = Field(default=False, description="torch runtime: run a TorchScript trace.")
+    runtime_cache_dir: Path | None = Field(default=None, description="Where exported graphs are cached.")
 
     # --- data --------------------------------------------------------------------------------------
-    data_dir: Path = Field(Path("var/service"), description="Retrieval collections live here.")
-    collections_fsync: bool = Field(True, description="fsync every collection write (crash safety).")
+    data_dir: Path = Field(default=Path("var/service"), description="Retrieval collections live here.")
+    collections_fsync: bool = Field(default=True, description="fsync every collection write (crash safety).")
     collection_snapshot_every: int = Field(
-        2000, ge=1, description="Compact a collection's write-ahead log after this many records."
+        default=2000, ge=1, description="Compact a collection's write-ahead log after this many records."
     )
-    max_collection_items: int = Field(1_000_000, ge=1, description="Items per collection.")
+    max_collection_items: int = Field(default=1_000_000, ge=1, description="Items per collection.")
 
     # --- auth --------------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Accepted API keys (comma-separated in the environment)."
     )
-    auth_disabled: bool = Field(False, description="Serve without API keys (local use only).")
+    auth_disabled: bool = Field(default=False, description="Serve without API keys (local use only).")
 
     # --- micro-batching ----------------------------------------------------------------------------
-    batching: bool = Field(True, description="Micro-batching on (off = batches of one).")
-    max_batch: int = Field(32, ge=1, le=4096, description="Items per inference batch.")
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="Longest wait to fill a batch.")
-    queue_size: int = Field(1024, ge=1, description="Items waiting per queue before 429.")
-    request_timeout_s: float = Field(60.0, gt=0, description="Longest wait for an inference result (503).")
+    batching: bool = Field(default=True, description="Micro-batching on (off = batches of one).")
+    max_batch: int = Field(default=32, ge=1, le=4096, description="Items per inference batch.")
+    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000, description="Longest wait to fill a batch.")
+    queue_size: int = Field(default=1024, ge=1, description="Items waiting per queue before 429.")
+    request_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest wait for an inference result (503)."
+    )
 
     # --- limits ------------------------------------------------------------------------------------
-    max_items_per_request: int = Field(256, ge=1, description="Inputs (or collection items) per request.")
-    max_text_chars: int = Field(20_000, ge=1, description="Characters per text input (longer: 400).")
-    text_overflow: Literal["truncate", "error"] = Field(
-        "truncate", description="Texts over the model's token limit: truncate (reported) or refuse (400)."
+    max_items_per_request: int = Field(
+        default=256, ge=1, description="Inputs (or collection items) per request."
     )
-    max_image_bytes: int = Field(10 * MIB, ge=1, description="Encoded bytes per image.")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Width x height per image (decompression bombs).")
-    max_body_bytes: int = Field(32 * MIB, ge=1, description="Request body size (413), counted while streaming.")
-    max_labels: int = Field(512, ge=1, description="Labels per zero-shot classification request.")
-    max_top_k: int = Field(1000, ge=1, description="Largest top_k for search / answers.")
-    classify_template: str = Field("a photo of a {label}", description="Default zero-shot prompt template.")
+    max_text_chars: int = Field(default=20_000, ge=1, description="Characters per text input (longer: 400).")
+    text_overflow: Literal["truncate", "error"] = Field(
+        default="truncate",
+        description="Texts over the model's token limit: truncate (reported) or refuse (400).",
+    )
+    max_image_bytes: int = Field(default=10 * MIB, ge=1, description="Encoded bytes per image.")
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="Width x height per image (decompression bombs)."
+    )
+    max_body_bytes: int = Field(
+        default=32 * MIB, ge=1, description="Request body size (413), counted while streaming."
+    )
+    max_labels: int = Field(default=512, ge=1, description="Labels per zero-shot classification request.")
+    max_top_k: int = Field(default=1000, ge=1, description="Largest top_k for search / answers.")
+    classify_template: str = Field(
+        default="a photo of a {label}", description="Default zero-shot prompt template."
+    )
 
     # --- image URLs --------------------------------------------------------------------------------
-    image_urls_enabled: bool = Field(False, description="Accept http(s) image URLs (off by default).")
-    image_url_timeout_s: float = Field(5.0, gt=0, description="Total time to fetch one image URL.")
-    image_url_max_redirects: int = Field(3, ge=0, le=10, description="Redirects followed (each re-checked).")
+    image_urls_enabled: bool = Field(default=False, description="Accept http(s) image URLs (off by default).")
+    image_url_timeout_s: float = Field(default=5.0, gt=0, description="Total time to fetch one image URL.")
+    image_url_max_redirects: int = Field(
+        default=3, ge=0, le=10, description="Redirects followed (each re-checked)."
+    )
 
     # --- ops ---------------------------------------------------------------------------------------
-    log_level: str = Field("info", description="Logging level.")
-    log_json: bool = Field(True, description="Structured JSON logs (one line per request).")
-    docs_enabled: bool = Field(True, description="Serve /docs and /openapi.json.")
-    test_hooks: bool = Field(False, description="Expose fault-injection hooks (tests only).")
+    log_level: str = Field(default="info", description="Logging level.")
+    log_json: bool = Field(default=True, description="Structured JSON logs (one line per request).")
+    docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
+    test_hooks: bool = Field(default=False, description="Expose fault-injection hooks (tests only).")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -86,14 +86,17 @@ class ImageFetcher:
     @staticmethod
     def is_url(text: str) -> bool:
         head = text[:10].lower()
-        return head.startswith(("http://", "https://")) or ("://" in text[:16] and not head.startswith("data:"))
+        return head.startswith(("http://", "https://")) or (
+            "://" in text[:16] and not head.startswith("data:")
+        )
 
     async def check(self, url: str, param: str | None = None) -> tuple[str, int, str, str]:
         """(scheme, port, host, pinned ip) for a fetchable URL; raises a 400 APIError otherwise."""
         if not self.enabled:
             raise url_error(
                 "image URLs are disabled on this server; send the image as base64 or a data: URI",
-                "image_urls_disabled", param,
+                "image_urls_disabled",
+                param,
             )
         try:
             parts = urlsplit(url)
@@ -102,8 +105,11 @@ class ImageFetcher:
             raise url_error(f"invalid image URL: {exc}", "invalid_image_url", param) from exc
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
-            raise url_error(f"image URL scheme {scheme or '(none)'!r} is not allowed (http/https only)",
-                            "invalid_image_url", param)
+            raise url_error(
+                f"image URL scheme {scheme or '(none)'!r} is not allowed (http/https only)",
+                "invalid_image_url",
+                param,
+            )
         host = parts.hostname
         if not host:
             raise url_error("image URL has no host", "invalid_image_url", param)
@@ -120,13 +126,17 @@ class ImageFetcher:
             try:
                 addresses = await asyncio.wait_for(self.resolver(host, port), self.timeout_s)
             except (OSError, TimeoutError, UnicodeError) as exc:
-                raise url_error(f"cannot resolve image URL host {host!r}", "image_url_unresolvable", param) from exc
+                raise url_error(
+                    f"cannot resolve image URL host {host!r}", "image_url_unresolvable", param
+                ) from exc
             if not addresses:
                 raise url_error(f"cannot resolve image URL host {host!r}", "image_url_unresolvable", param)
         for address in addresses:
             reason = forbidden_reason(ipaddress.ip_address(address.split("%")[0]))
             if reason:
-                raise url_error(f"image URL host {host!r} resolves to {address}, {reason}; refused", param=param)
+                raise url_error(
+                    f"image URL host {host!r} resolves to {address}, {reason}; refused", param=param
+                )
         return scheme, port, host, addresses[0]
 
     async def fetch(self, url: str, param: str | None = None) -> bytes:
@@ -143,7 +153,9 @@ class ImageFetcher:
             if status != 200:
                 raise url_error(f"image URL answered HTTP {status}", "image_url_failed", param)
             return body
-        raise url_error(f"image URL redirected more than {self.max_redirects} times", "image_url_failed", param)
+        raise url_error(
+            f"image URL redirected more than {self.max_redirects} times", "image_url_failed", param
+        )
 
     async def _get(
         self, url: str, scheme: str, port: int, host: str, ip: str, timeout: float, param: str | None
@@ -157,10 +169,15 @@ class ImageFetcher:
         self.connections += 1
         try:
             async with httpx.AsyncClient(
-                transport=self.transport, timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
+                transport=self.transport,
+                timeout=httpx.Timeout(timeout),
+                follow_redirects=False,
+                trust_env=False,
             ) as client:
                 request = client.build_request(
-                    "GET", pinned, headers={"Host": host_header, "Accept": "image/*", "Accept-Encoding": "identity"},
+                    "GET",
+                    pinned,
+                    headers={"Host": host_header, "Accept": "image/*", "Accept-Encoding": "identity"},
                     extensions={"sni_hostname": host},
                 )
                 response = await asyncio.wait_for(client.send(request, stream=True), timeout)
@@ -169,15 +186,23 @@ class ImageFetcher:
                         return response.status_code, response.headers.get("location"), b""
                     declared = response.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                        raise APIError(413, f"image at URL is {declared} bytes, more than the limit of "
-                                       f"{self.max_bytes}", "image_too_large_bytes", param=param)
+                        raise APIError(
+                            413,
+                            f"image at URL is {declared} bytes, more than the limit of {self.max_bytes}",
+                            "image_too_large_bytes",
+                            param=param,
+                        )
                     chunks: list[bytes] = []
                     total = 0
                     async for chunk in response.aiter_bytes():
                         total += len(chunk)
                         if total > self.max_bytes:
-                            raise APIError(413, f"image at URL is more than the limit of {self.max_bytes} bytes",
-                                           "image_too_large_bytes", param=param)
+                            raise APIError(
+                                413,
+                                f"image at URL is more than the limit of {self.max_bytes} bytes",
+                                "image_too_large_bytes",
+                                param=param,
+                            )
                         chunks.append(chunk)
                     return 200, None, b"".join(chunks)
                 finally:
@@ -187,4 +212,6 @@ class ImageFetcher:
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise url_error("image URL fetch timed out", "image_url_timeout", param) from exc
         except httpx.HTTPError as exc:
-            raise url_error(f"image URL fetch failed: {type(exc).__name__}", "image_url_failed", param) from exc
+            raise url_error(
+                f"image URL fetch failed: {type(exc).__name__}", "image_url_failed", param
+            ) from exc

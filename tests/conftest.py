@@ -11,11 +11,17 @@ import pytest
 SAMPLE_CORPUS = [
     "a red circle to the left of a blue square",
     "a small green triangle above a large yellow circle",
-    "a photo of a sneaker", "a photo of an ankle boot", "a black and white photo of a dress",
-    "how many shapes are there", "is there a purple square", "what color is the triangle",
-    "an emoji of a grinning face", "the quick brown fox jumps over the lazy dog",
+    "a photo of a sneaker",
+    "a photo of an ankle boot",
+    "a black and white photo of a dress",
+    "how many shapes are there",
+    "is there a purple square",
+    "what color is the triangle",
+    "an emoji of a grinning face",
+    "the quick brown fox jumps over the lazy dog",
     "a domesticated carnivorous mammal that typically has a long snout",
-    "you will be successful in your work", "a person who writes computer programs",
+    "you will be successful in your work",
+    "a person who writes computer programs",
 ] * 4
 
 

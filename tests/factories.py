@@ -28,13 +28,19 @@ def random_model(config: MoMoConfig, seed: int = 0, with_heads: bool = True) -> 
 
 
 def register_random(
-    store: ModelStore, config: MoMoConfig, tokenizer: MoMoTokenizer, name: str = "momo-test", seed: int = 0,
+    store: ModelStore,
+    config: MoMoConfig,
+    tokenizer: MoMoTokenizer,
+    name: str = "momo-test",
+    seed: int = 0,
     activate: bool = True,
 ) -> VersionInfo:
     model = random_model(config, seed)
 
     def write(directory: Path, version: str) -> None:
-        save_artifact(directory, model, tokenizer, Manifest(name=name, version=version, recipe={"seed": seed}))
+        save_artifact(
+            directory, model, tokenizer, Manifest(name=name, version=version, recipe={"seed": seed})
+        )
 
     info = store.register(name, write)
     if activate:

@@ -12,6 +12,7 @@ Layout of a run directory (`--out`):
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,11 @@ def run_pretraining(
             metrics_path.unlink()
         # The tokenizer is trained once per run and reused on resume.
         tokenizer_path = out_dir / "tokenizer.json"
+        given = recipe.tokenizer.get("path")
+        if given and not tokenizer_path.exists():
+            # A fixed tokenizer (shared by ablation arms; HF WordPiece training breaks count ties
+            # differently from run to run, so a shared file keeps arms and reruns comparable).
+            shutil.copyfile(engine.resolve_paths(data_dir, [given])[0], tokenizer_path)
         if not tokenizer_path.exists():
             corpus: list[str] = []
             for path in engine.resolve_paths(data_dir, list(recipe.tokenizer.get("corpus", []))):

@@ -5,7 +5,7 @@ name: default
 preset: momo-tiny          # a momo.config preset
 config: {}                 # field overrides of the preset (e.g. towers: separate)
 seed: 0
-tokenizer: {vocab_size: 4096, corpus: [text/train.txt]}
+tokenizer: {corpus: [text/train.txt]}   # or {path: tokenizer.json} to reuse a fixed one
 stages:
   - name: images
     steps: 600

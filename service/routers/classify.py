@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter
 
-from service.deps import FetcherDep, MetricsDep, ModelDep, SettingsDep
+from service.deps import ModelDep, Services, ServicesDep
 from service.engine import ModelHandle, PairPayload
 from service.errors import APIError, bad_request
 from service.inputs import Parsed, check_model, image_tokens, load_images, parse_inputs, tokenize
 from service.routers.embeddings import embed_parsed, usage
 from service.schemas import ClassifyRequest, ClassifyResponse
 from service.settings import Settings
-from service.urls import ImageFetcher
 
 router = APIRouter(tags=["classification"])
 LABEL_CACHE_SIZE = 8192
@@ -21,17 +20,21 @@ LABEL_CACHE_SIZE = 8192
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def ranked(scores: np.ndarray, probs: np.ndarray, labels: list[str], top_k: int | None) -> list[dict[str, object]]:
+def ranked(
+    scores: np.ndarray, probs: np.ndarray, labels: list[str], top_k: int | None
+) -> list[dict[str, object]]:
     order = np.argsort(-scores, kind="stable")
     if top_k is not None:
         order = order[:top_k]
     return [{"label": labels[j], "score": float(probs[j])} for j in order]
 
 
-async def label_embeddings(handle: ModelHandle, prompts: list[str], settings: Settings) -> tuple[np.ndarray, int]:
+async def label_embeddings(
+    handle: ModelHandle, prompts: list[str], settings: Settings
+) -> tuple[np.ndarray, int]:
     """Text embeddings of the prompts, cached per served model (LRU); returns (vectors, tokens used)."""
     cache = handle.label_cache
     missing = list(dict.fromkeys(p for p in prompts if p not in cache))
@@ -52,15 +55,23 @@ async def label_embeddings(handle: ModelHandle, prompts: list[str], settings: Se
 
 
 async def zero_shot(
-    handle: ModelHandle, parsed: list[Parsed], body: ClassifyRequest, settings: Settings, fetcher: ImageFetcher,
-    metrics: MetricsDep,
+    handle: ModelHandle,
+    parsed: list[Parsed],
+    body: ClassifyRequest,
+    services: Services,
 ) -> dict[str, object]:
+    settings = services.settings
     labels = body.labels or []
     if not labels:
-        raise bad_request("zero-shot classification needs 'labels' (or name a fine-tuned 'head')", "missing_labels",
-                          "labels")
+        raise bad_request(
+            "zero-shot classification needs 'labels' (or name a fine-tuned 'head')",
+            "missing_labels",
+            "labels",
+        )
     if len(labels) > settings.max_labels:
-        raise bad_request(f"{len(labels)} labels; the limit is {settings.max_labels}", "too_many_labels", "labels")
+        raise bad_request(
+            f"{len(labels)} labels; the limit is {settings.max_labels}", "too_many_labels", "labels"
+        )
     for i, label in enumerate(labels):
         if not label.strip():
             raise bad_request(f"labels[{i}] is empty", "invalid_label", f"labels[{i}]")
@@ -68,27 +79,42 @@ async def zero_shot(
     if "{label}" not in template:
         raise bad_request("template must contain '{label}'", "invalid_template", "template")
     if any(p.modality == "pair" for p in parsed):
-        raise bad_request("zero-shot classification takes an image or a text, not a pair", "invalid_input", "input")
+        raise bad_request(
+            "zero-shot classification takes an image or a text, not a pair", "invalid_input", "input"
+        )
     prompts = [template.replace("{label}", label) for label in labels]  # not str.format: no format injection
     label_vecs, label_tokens = await label_embeddings(handle, prompts, settings)
-    vectors, tokens, truncated = await embed_parsed(handle, parsed, settings, fetcher, metrics)
+    vectors, tokens, truncated = await embed_parsed(handle, parsed, services)
     sims = vectors @ label_vecs.T  # (n, m) cosine similarities
     probs = softmax(sims / max(handle.temperature, 1e-6))
     data = [{"index": i, "labels": ranked(sims[i], probs[i], labels, body.top_k)} for i in range(len(parsed))]
     return {
-        "object": "list", "model": handle.reference, "method": "zero-shot", "head": None, "template": template,
-        "data": data, "usage": usage(tokens + label_tokens, truncated),
+        "object": "list",
+        "model": handle.reference,
+        "method": "zero-shot",
+        "head": None,
+        "template": template,
+        "data": data,
+        "usage": usage(tokens + label_tokens, truncated),
     }
 
 
 async def with_head(
-    handle: ModelHandle, parsed: list[Parsed], body: ClassifyRequest, settings: Settings, fetcher: ImageFetcher,
+    handle: ModelHandle,
+    parsed: list[Parsed],
+    body: ClassifyRequest,
+    services: Services,
 ) -> dict[str, object]:
     assert body.head is not None
+    settings, fetcher = services.settings, services.fetcher
     spec = handle.heads.get(body.head)
     if spec is None:
-        raise APIError(404, f"model {handle.reference} has no head {body.head!r} (heads: {sorted(handle.heads)})",
-                       "head_not_found", param="head")
+        raise APIError(
+            404,
+            f"model {handle.reference} has no head {body.head!r} (heads: {sorted(handle.heads)})",
+            "head_not_found",
+            param="head",
+        )
     if body.labels is not None:
         raise bad_request("send either 'labels' (zero-shot) or 'head', not both", "invalid_request", "labels")
     wanted = spec.input
@@ -97,7 +123,8 @@ async def with_head(
             raise bad_request(
                 f"head {body.head!r} reads {wanted} inputs (pairs are {{'image': ..., 'text': ...}}), "
                 f"but input {i} is {'a' if p.modality != 'image' else 'an'} {p.modality}",
-                "modality_conflict", "input",
+                "modality_conflict",
+                "input",
             )
     names = [f"input[{i}]" for i in range(len(parsed))]
     tokens, truncated = 0, 0
@@ -124,19 +151,25 @@ async def with_head(
         probs = softmax(row)
         data.append({"index": i, "labels": ranked(row, probs, labels, body.top_k)})
     return {
-        "object": "list", "model": handle.reference, "method": "head", "head": body.head, "template": None,
-        "data": data, "usage": usage(tokens, truncated),
+        "object": "list",
+        "model": handle.reference,
+        "method": "head",
+        "head": body.head,
+        "template": None,
+        "data": data,
+        "usage": usage(tokens, truncated),
     }
 
 
-@router.post("/v1/classify", response_model=ClassifyResponse, summary="Zero-shot or fine-tuned-head classification")
-async def classify(
-    body: ClassifyRequest, handle: ModelDep, settings: SettingsDep, fetcher: FetcherDep, metrics: MetricsDep
-) -> dict[str, object]:
+@router.post(
+    "/v1/classify", response_model=ClassifyResponse, summary="Zero-shot or fine-tuned-head classification"
+)
+async def classify(body: ClassifyRequest, handle: ModelDep, services: ServicesDep) -> dict[str, object]:
     check_model(handle, body.model)
+    settings = services.settings
     parsed = parse_inputs(body.input, body.modality, settings, allow_pair=body.head is not None)
     if body.top_k is not None and body.top_k > settings.max_top_k:
         raise bad_request(f"top_k is at most {settings.max_top_k}", "invalid_top_k", "top_k")
     if body.head is not None:
-        return await with_head(handle, parsed, body, settings, fetcher)
-    return await zero_shot(handle, parsed, body, settings, fetcher, metrics)
+        return await with_head(handle, parsed, body, services)
+    return await zero_shot(handle, parsed, body, services)

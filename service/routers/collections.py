@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Path
 
-from service.deps import CollectionsDep, EngineDep, FetcherDep, MetricsDep, ModelDep, SettingsDep
+from service.deps import CollectionsDep, EngineDep, MetricsDep, ModelDep, ServicesDep
 from service.engine import ModelHandle
 from service.errors import APIError, bad_request
 from service.inputs import Parsed, parse_one
@@ -53,8 +53,8 @@ def _same_model(collection: Collection, handle: ModelHandle) -> None:
     if collection.model != handle.reference or collection.dim != handle.dim:
         raise APIError(
             409,
-            f"collection {collection.name!r} holds vectors of model {collection.model}, but {handle.reference} is "
-            "being served; its vectors are not comparable. Activate "
+            f"collection {collection.name!r} holds vectors of model {collection.model}, but "
+            f"{handle.reference} is being served; its vectors are not comparable. Activate "
             f"{collection.model} again, or delete and re-create the collection to re-index it.",
             "collection_model_mismatch",
         )
@@ -64,12 +64,16 @@ def _metadata(value: dict[str, Any] | None, param: str) -> dict[str, Any]:
     if value is None:
         return {}
     if len(json.dumps(value)) > MAX_METADATA_BYTES:
-        raise bad_request(f"{param} is larger than {MAX_METADATA_BYTES} bytes as JSON", "metadata_too_large", param)
+        raise bad_request(
+            f"{param} is larger than {MAX_METADATA_BYTES} bytes as JSON", "metadata_too_large", param
+        )
     return value
 
 
 @router.post("", status_code=201, response_model=CollectionInfo, summary="Create a collection")
-async def create_collection(body: CollectionCreate, store: CollectionsDep, handle: ModelDep) -> dict[str, Any]:
+async def create_collection(
+    body: CollectionCreate, store: CollectionsDep, handle: ModelDep
+) -> dict[str, Any]:
     metadata = _metadata(body.metadata, "metadata")
     try:
         collection = await asyncio.to_thread(
@@ -93,7 +97,9 @@ async def get_collection(store: CollectionsDep, engine: EngineDep, name: str = N
 
 
 @router.delete("/{name}", response_model=Deleted, summary="Delete a collection and its files")
-async def delete_collection(store: CollectionsDep, metrics: MetricsDep, name: str = NameParam) -> dict[str, Any]:
+async def delete_collection(
+    store: CollectionsDep, metrics: MetricsDep, name: str = NameParam
+) -> dict[str, Any]:
     try:
         await asyncio.to_thread(store.delete, name)
     except CollectionError as exc:
@@ -105,22 +111,30 @@ async def delete_collection(store: CollectionsDep, metrics: MetricsDep, name: st
 
 @router.post("/{name}/items", response_model=ItemsAdded, summary="Add or replace items (upsert by id)")
 async def add_items(
-    body: ItemsAdd, store: CollectionsDep, handle: ModelDep, settings: SettingsDep, fetcher: FetcherDep,
-    metrics: MetricsDep, name: str = NameParam,
+    body: ItemsAdd,
+    handle: ModelDep,
+    services: ServicesDep,
+    name: str = NameParam,
 ) -> dict[str, Any]:
-    collection = _get(store, name)
+    settings, metrics = services.settings, services.metrics
+    collection = _get(services.collections, name)
     _same_model(collection, handle)
     if not body.items:
         raise bad_request("items must not be empty", "empty_input", "items")
     if len(body.items) > settings.max_items_per_request:
-        raise bad_request(f"{len(body.items)} items in one request; the limit is {settings.max_items_per_request}",
-                          "too_many_inputs", "items")
+        raise bad_request(
+            f"{len(body.items)} items in one request; the limit is {settings.max_items_per_request}",
+            "too_many_inputs",
+            "items",
+        )
     ids = [item.id for item in body.items]
     if len(set(ids)) != len(ids):
         raise bad_request("item ids must be unique within one request", "duplicate_ids", "items")
-    parsed = [Parsed(text=item.text) if item.text is not None else Parsed(image=item.image) for item in body.items]
+    parsed = [
+        Parsed(text=item.text) if item.text is not None else Parsed(image=item.image) for item in body.items
+    ]
     metadata = [_metadata(item.metadata, f"items[{i}].metadata") for i, item in enumerate(body.items)]
-    vectors, tokens, truncated = await embed_parsed(handle, parsed, settings, fetcher, metrics, param="items")
+    vectors, tokens, truncated = await embed_parsed(handle, parsed, services, param="items")
     new = [
         NewItem(item.id, p.modality, vector, meta, item.text)
         for item, p, vector, meta in zip(body.items, parsed, vectors, metadata, strict=True)
@@ -130,8 +144,14 @@ async def add_items(
     except CollectionError as exc:
         raise _error(exc) from exc
     metrics.collection_items.labels(name).set(collection.count)
-    return {"object": "collection.items", "collection": name, "added": added, "updated": updated, "ids": ids,
-            "usage": usage(tokens, truncated)}
+    return {
+        "object": "collection.items",
+        "collection": name,
+        "added": added,
+        "updated": updated,
+        "ids": ids,
+        "usage": usage(tokens, truncated),
+    }
 
 
 @router.post("/{name}/items/delete", response_model=ItemsDeleted, summary="Delete items by id")
@@ -152,12 +172,19 @@ async def get_item(store: CollectionsDep, item_id: str, name: str = NameParam) -
     item = _get(store, name).get(item_id)
     if item is None:
         raise APIError(404, f"collection {name!r} has no item {item_id!r}", "item_not_found")
-    return {"object": "collection.item", "id": item.id, "modality": item.modality, "metadata": item.metadata,
-            "text": item.text}
+    return {
+        "object": "collection.item",
+        "id": item.id,
+        "modality": item.modality,
+        "metadata": item.metadata,
+        "text": item.text,
+    }
 
 
 @router.delete("/{name}/items/{item_id}", response_model=ItemsDeleted, summary="Delete one item")
-async def delete_item(store: CollectionsDep, metrics: MetricsDep, item_id: str, name: str = NameParam) -> dict[str, Any]:
+async def delete_item(
+    store: CollectionsDep, metrics: MetricsDep, item_id: str, name: str = NameParam
+) -> dict[str, Any]:
     collection = _get(store, name)
     deleted, _missing = await asyncio.to_thread(collection.delete, [item_id])
     if not deleted:
@@ -166,24 +193,37 @@ async def delete_item(store: CollectionsDep, metrics: MetricsDep, item_id: str, 
     return {"object": "collection.items.deleted", "collection": name, "deleted": deleted, "missing": []}
 
 
-@router.post("/{name}/search", response_model=SearchResponse, summary="Nearest items to a text or image query")
+@router.post(
+    "/{name}/search", response_model=SearchResponse, summary="Nearest items to a text or image query"
+)
 async def search(
-    body: SearchRequest, store: CollectionsDep, handle: ModelDep, settings: SettingsDep, fetcher: FetcherDep,
-    metrics: MetricsDep, name: str = NameParam,
+    body: SearchRequest,
+    handle: ModelDep,
+    services: ServicesDep,
+    name: str = NameParam,
 ) -> dict[str, Any]:
-    collection = _get(store, name)
+    settings = services.settings
+    collection = _get(services.collections, name)
     _same_model(collection, handle)
     if body.top_k > settings.max_top_k:
         raise bad_request(f"top_k is at most {settings.max_top_k}", "invalid_top_k", "top_k")
     parsed = parse_one(body.query, None, "query", allow_pair=False)
-    vectors, tokens, truncated = await embed_parsed(handle, [parsed], settings, fetcher, metrics, param="query")
+    vectors, tokens, truncated = await embed_parsed(handle, [parsed], services, param="query")
     flt = body.filter
     hits = await asyncio.to_thread(
-        collection.search, vectors[0], body.top_k, flt.modality if flt else None, flt.metadata if flt else None
+        collection.search,
+        vectors[0],
+        body.top_k,
+        flt.modality if flt else None,
+        flt.metadata if flt else None,
     )
     return {
-        "object": "list", "collection": name, "model": handle.reference,
-        "data": [{"id": h.id, "score": h.score, "modality": h.modality, "metadata": h.metadata, "text": h.text}
-                 for h in hits],
+        "object": "list",
+        "collection": name,
+        "model": handle.reference,
+        "data": [
+            {"id": h.id, "score": h.score, "modality": h.modality, "metadata": h.metadata, "text": h.text}
+            for h in hits
+        ],
         "usage": usage(tokens, truncated),
     }

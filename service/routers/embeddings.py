@@ -10,30 +10,33 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.deps import FetcherDep, MetricsDep, ModelDep, SettingsDep
+from service.deps import ModelDep, Services, ServicesDep
 from service.engine import ModelHandle
 from service.errors import bad_request
 from service.inputs import Parsed, check_model, image_tokens, load_images, parse_inputs, tokenize
-from service.metrics import Metrics
 from service.schemas import EmbeddingRequest, EmbeddingResponse
-from service.settings import Settings
-from service.urls import ImageFetcher
 
 router = APIRouter(tags=["embeddings"])
 
 
 async def embed_parsed(
-    handle: ModelHandle, parsed: list[Parsed], settings: Settings, fetcher: ImageFetcher, metrics: Metrics,
+    handle: ModelHandle,
+    parsed: list[Parsed],
+    services: Services,
     param: str = "input",
 ) -> tuple[np.ndarray, int, int]:
     """Embed texts and images (in the joint space) in input order -> (vectors (n, E), tokens, truncated)."""
+    settings, fetcher, metrics = services.settings, services.fetcher, services.metrics
     many = len(parsed) > 1
     names = [f"{param}[{i}]" if many else param for i in range(len(parsed))]
     text_idx = [i for i, p in enumerate(parsed) if p.modality == "text"]
     image_idx = [i for i, p in enumerate(parsed) if p.modality == "image"]
-    prep = await tokenize(handle, [parsed[i].text or "" for i in text_idx], settings, [names[i] for i in text_idx])
-    pixels = await load_images(handle, [parsed[i].image or "" for i in image_idx], settings, fetcher,
-                               [names[i] for i in image_idx])
+    prep = await tokenize(
+        handle, [parsed[i].text or "" for i in text_idx], settings, [names[i] for i in text_idx]
+    )
+    pixels = await load_images(
+        handle, [parsed[i].image or "" for i in image_idx], settings, fetcher, [names[i] for i in image_idx]
+    )
     text_vecs, image_vecs = await asyncio.gather(handle.embed_texts(prep.rows), handle.embed_images(pixels))
     out = np.empty((len(parsed), handle.dim), dtype=np.float32)
     if text_idx:
@@ -56,21 +59,21 @@ def usage(tokens: int, truncated: int) -> dict[str, int]:
 
 
 @router.post(
-    "/v1/embeddings", response_model=EmbeddingResponse,
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
     summary="Embed texts and images into the joint space (OpenAI-compatible)",
 )
-async def create_embeddings(
-    body: EmbeddingRequest, handle: ModelDep, settings: SettingsDep, fetcher: FetcherDep, metrics: MetricsDep
-) -> Response:
+async def create_embeddings(body: EmbeddingRequest, handle: ModelDep, services: ServicesDep) -> Response:
     check_model(handle, body.model)
     if body.dimensions is not None and body.dimensions != handle.dim:
         raise bad_request(
-            f"dimensions={body.dimensions} is not supported: {handle.reference} produces {handle.dim}-dimensional "
-            "embeddings (omit 'dimensions' or send that value)",
-            "unsupported_dimensions", "dimensions",
+            f"dimensions={body.dimensions} is not supported: {handle.reference} produces "
+            f"{handle.dim}-dimensional embeddings (omit 'dimensions' or send that value)",
+            "unsupported_dimensions",
+            "dimensions",
         )
-    parsed = parse_inputs(body.input, body.modality, settings)
-    vectors, tokens, truncated = await embed_parsed(handle, parsed, settings, fetcher, metrics)
+    parsed = parse_inputs(body.input, body.modality, services.settings)
+    vectors, tokens, truncated = await embed_parsed(handle, parsed, services)
     if body.encoding_format == "base64":
         little = vectors.astype("<f4", copy=False)
         embeddings: list[object] = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]

@@ -42,15 +42,25 @@ def _card(info: VersionInfo, engine: Engine) -> dict[str, Any]:
     heads = _read(info.path / "heads.json").get("heads", {})
     config = _read(info.path / "config.json")
     return {
-        "id": info.reference, "object": "model", "created": _created(info.created_at), "owned_by": "momo",
-        "name": info.name, "version": info.version, "active": info.active, "serving": serving,
+        "id": info.reference,
+        "object": "model",
+        "created": _created(info.created_at),
+        "owned_by": "momo",
+        "name": info.name,
+        "version": info.version,
+        "active": info.active,
+        "serving": serving,
         "runtime": current.kind if serving and current else None,
         "device": current.device if serving and current else None,
         "embedding_dim": config.get("embed_dim"),
         "heads": {
-            name: {"input": str(spec.get("input")), "task": str(spec.get("task", "classification")),
-                   "num_labels": len(spec.get("labels", []))}
-            for name, spec in heads.items() if isinstance(spec, dict)
+            name: {
+                "input": str(spec.get("input")),
+                "task": str(spec.get("task", "classification")),
+                "num_labels": len(spec.get("labels", [])),
+            }
+            for name, spec in heads.items()
+            if isinstance(spec, dict)
         },
         "parent": info.parent,
     }
@@ -61,14 +71,26 @@ def _cards(engine: Engine) -> list[dict[str, Any]]:
     cards = [_card(info, engine) for info in infos]
     current = engine.current
     if current is not None and not any(c["serving"] for c in cards):  # served from a path outside the store
-        cards.append({
-            "id": current.reference, "object": "model", "created": int(current.loaded_at), "owned_by": "momo",
-            "name": current.name, "version": current.version, "active": False, "serving": True,
-            "runtime": current.kind, "device": current.device, "embedding_dim": current.dim,
-            "heads": {n: {"input": s.input, "task": s.task, "num_labels": len(s.labels)}
-                      for n, s in current.heads.items()},
-            "parent": current.artifact.manifest.parent,
-        })
+        cards.append(
+            {
+                "id": current.reference,
+                "object": "model",
+                "created": int(current.loaded_at),
+                "owned_by": "momo",
+                "name": current.name,
+                "version": current.version,
+                "active": False,
+                "serving": True,
+                "runtime": current.kind,
+                "device": current.device,
+                "embedding_dim": current.dim,
+                "heads": {
+                    n: {"input": s.input, "task": s.task, "num_labels": len(s.labels)}
+                    for n, s in current.heads.items()
+                },
+                "parent": current.artifact.manifest.parent,
+            }
+        )
     return cards
 
 
@@ -86,12 +108,13 @@ async def get_model(model_id: str, engine: EngineDep) -> dict[str, Any]:
 
 
 @router.post(
-    "/{model_id}/activate", response_model=Activation,
+    "/{model_id}/activate",
+    response_model=Activation,
     summary="Serve another version now (no dropped requests) and make it the store's active one",
 )
 async def activate_model(model_id: str, engine: EngineDep) -> dict[str, Any]:
     previous = engine.current.reference if engine.current else None
-    handle, changed = await engine.activate(model_id)
+    _handle, changed = await engine.activate(model_id)
     for card in await asyncio.to_thread(_cards, engine):
         if card["serving"]:
             return {"object": "model.activation", "model": card, "previous": previous, "changed": changed}

@@ -22,7 +22,9 @@ async def health() -> dict[str, str]:
 
 
 @router.get(
-    "/ready", response_model=Readiness, summary="Readiness: a model is loaded and its inference workers run",
+    "/ready",
+    response_model=Readiness,
+    summary="Readiness: a model is loaded and its inference workers run",
     responses={503: {"description": "Not ready (no model yet, or a dead inference worker)"}},
 )
 async def ready(engine: EngineDep) -> Any:
@@ -39,7 +41,9 @@ async def metrics(registry: MetricsDep) -> Response:
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-hooks = APIRouter(prefix="/internal/test", tags=["test hooks"], dependencies=[Authorized], include_in_schema=False)
+hooks = APIRouter(
+    prefix="/internal/test", tags=["test hooks"], dependencies=[Authorized], include_in_schema=False
+)
 
 
 @hooks.post("/kill-worker/{queue}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import FetcherDep, ModelDep, SettingsDep
+from service.deps import ModelDep, ServicesDep
 from service.engine import PairPayload
 from service.errors import bad_request
 from service.inputs import check_model, image_tokens, load_images, tokenize
@@ -15,12 +15,14 @@ router = APIRouter(tags=["vqa"])
 
 
 @router.post("/v1/vqa", response_model=VQAResponse, summary="Answer a question about an image")
-async def answer(body: VQARequest, handle: ModelDep, settings: SettingsDep, fetcher: FetcherDep) -> dict[str, object]:
+async def answer(body: VQARequest, handle: ModelDep, services: ServicesDep) -> dict[str, object]:
+    settings, fetcher = services.settings, services.fetcher
     check_model(handle, body.model)
     if "vqa" not in handle.heads:
         raise bad_request(
             f"model {handle.reference} has no 'vqa' head (heads: {sorted(handle.heads) or 'none'}); "
-            "activate a version fine-tuned for VQA", "vqa_unavailable",
+            "activate a version fine-tuned for VQA",
+            "vqa_unavailable",
         )
     if not body.question.strip():
         raise bad_request("question is empty", "invalid_question", "question")
@@ -30,7 +32,8 @@ async def answer(body: VQARequest, handle: ModelDep, settings: SettingsDep, fetc
     (answers,) = await handle.run("pair", "vqa", [PairPayload(pixels, prep.rows[0], top_k)])
     tokens = prep.total_tokens + image_tokens(handle)
     return {
-        "object": "vqa.answers", "model": handle.reference,
+        "object": "vqa.answers",
+        "model": handle.reference,
         "answers": [{"answer": a, "score": float(p)} for a, p in answers],
         "usage": usage(tokens, len(prep.truncated)),
     }

@@ -18,7 +18,9 @@ def test_train_save_load_round_trip(tmp_path, sample_corpus) -> None:
 
 
 def test_batch_encode_cls_sep_padding_truncation(test_tokenizer: MoMoTokenizer) -> None:
-    batch = test_tokenizer.encode_batch(["a red circle", "a small green triangle above a large yellow circle"], 8)
+    batch = test_tokenizer.encode_batch(
+        ["a red circle", "a small green triangle above a large yellow circle"], 8
+    )
     ids, mask = batch.input_ids, batch.attention_mask
     assert ids.dtype == np.int64 and ids.shape == mask.shape == (2, 8)
     assert (ids[:, 0] == test_tokenizer.cls_id).all()

@@ -14,6 +14,13 @@ from momo.model import MoMoEncoder
 from training.losses.base import Batch, Objective
 
 
+def info_nce(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE. image, text: (B, E) unit-norm; pair i is (image i, text i)."""
+    logits = scale * image @ text.t()  # (B, B): row i = image i against every text
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits.t().float(), targets))
+
+
 class ITCLoss(Objective):
     name = "itc"
     needs = ("pixels", "input_ids", "attention_mask")
@@ -36,8 +43,6 @@ class ITCLoss(Objective):
         assert batch.pixels is not None and batch.input_ids is not None and batch.attention_mask is not None
         image = encoder.embed_image(batch.pixels)  # (B, E), unit norm
         text = encoder.embed_text(batch.input_ids, batch.attention_mask)  # (B, E)
-        logits = self.scale() * image @ text.t()  # (B, B): row i = image i vs every text
-        targets = torch.arange(logits.shape[0], device=logits.device)
-        loss = 0.5 * (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits.t().float(), targets))
+        loss = info_nce(image, text, self.scale())
         context["itc_similarity"] = (image @ text.t()).detach()  # for ITM hard negatives
         return {self.name: loss}

@@ -1,0 +1,160 @@
+"""Service test helpers: random artifacts with heads, settings, a real uvicorn server on loopback (in a
+thread of the test process, so tests can reach into `app.state` for hooks), image builders."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+from PIL import Image
+
+from momo.artifact import Manifest, save_artifact
+from momo.heads import HeadSpec
+from momo.store import ModelStore
+from service.app import create_app
+from service.settings import Settings
+from tests.factories import random_model
+
+API_KEY = "test-key-123"
+SHAPES = ["circle", "square", "triangle"]
+TOPICS = ["fortune", "wordnet"]
+
+
+def register_model(
+    store: ModelStore,
+    config: Any,
+    tokenizer: Any,
+    *,
+    seed: int,
+    name: str = "momo-test",
+    extra_heads: bool = True,
+    with_heads: bool = True,
+    activate: bool = False,
+) -> str:
+    """A random-weight artifact (ITM + VQA heads, plus an image and a text classifier head)."""
+    model = random_model(config, seed, with_heads=with_heads)
+    if extra_heads:
+        model.add_head("shapes", HeadSpec(input="image", labels=list(SHAPES)))
+        model.add_head("topic", HeadSpec(input="text", labels=list(TOPICS)))
+
+    def write(directory: Path, version: str) -> None:
+        save_artifact(
+            directory, model, tokenizer, Manifest(name=name, version=version, recipe={"seed": seed})
+        )
+
+    info = store.register(name, write)
+    if activate:
+        store.activate(info.reference)
+    return info.reference
+
+
+def make_settings(model_store: Path, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "model_store": model_store,
+        "data_dir": data_dir,
+        "runtime": "torch",
+        "device": "cpu",
+        "api_keys": [API_KEY],
+        "log_json": True,
+        "log_level": "warning",
+        "max_wait_ms": 2.0,
+        "test_hooks": True,
+        "collections_fsync": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class LiveServer:
+    """uvicorn serving `create_app(settings)` on 127.0.0.1:<free port>, in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=30
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self.sock]))
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+        self.sock.close()
+
+    @property
+    def engine(self) -> Any:
+        return self.app.state.engine
+
+    def client(self, key: str | None = API_KEY, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- inputs --------------------------------------------------------------------------------------
+def png_bytes(
+    color: tuple[int, int, int] = (200, 30, 30),
+    size: tuple[int, int] = (20, 20),
+    seed: int | None = None,
+    fmt: str = "PNG",
+) -> bytes:
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        img = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+    else:
+        img = Image.new("RGB", size, color)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def data_uri(data: bytes, kind: str = "png") -> str:
+    return f"data:image/{kind};base64,{b64(data)}"
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) >= {"error"}, body
+    error = body["error"]
+    assert {"message", "type", "code"} <= set(error), error
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return dict(error)

@@ -1,0 +1,167 @@
+"""50 concurrent clients, /v1/models, hot model activation under load, collections on a model swap,
+graceful shutdown with requests in flight."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from momo.store import ModelStore
+from tests.service.helpers import LiveServer, assert_error, data_uri, make_settings, png_bytes
+
+IMAGES = [data_uri(png_bytes(seed=s, size=(18, 18))) for s in range(4)]
+
+
+def mixed_requests(c: httpx.Client, i: int) -> list[httpx.Response]:
+    image = IMAGES[i % len(IMAGES)]
+    return [
+        c.post("/v1/embeddings", json={"input": [f"client {i} says hello", "a red circle"]}),
+        c.post("/v1/embeddings", json={"input": [image]}),
+        c.post(
+            "/v1/classify", json={"input": {"image": image}, "labels": ["circle", "square", f"thing {i % 3}"]}
+        ),
+        c.post("/v1/vqa", json={"image": image, "question": "what color is it"}),
+        c.post("/v1/collections/load/search", json={"query": f"client {i % 5}", "top_k": 3}),
+        c.post(
+            "/v1/collections/load/items", json={"items": [{"id": f"c{i}", "text": f"client {i} says hello"}]}
+        ),
+    ]
+
+
+def test_fifty_concurrent_clients_mixing_endpoints(server: LiveServer) -> None:
+    with server.client() as c:
+        assert c.post("/v1/collections", json={"name": "load"}).status_code == 201
+
+    def client_run(i: int) -> list[tuple[int, str]]:
+        with server.client() as c:
+            return [(r.status_code, r.text[:200]) for r in mixed_requests(c, i)]
+
+    with ThreadPoolExecutor(50) as pool:
+        results = [r for batch in pool.map(client_run, range(50)) for r in batch]
+    failures = [r for r in results if r[0] != 200]
+    assert not failures, failures[:5]
+    with server.client() as c:
+        assert c.get("/v1/collections/load").json()["count"] == 50
+        metrics = c.get("/metrics").text
+    # batches really formed under this load
+    sizes = [line for line in metrics.splitlines() if line.startswith("momo_batch_size_sum")]
+    counts = [line for line in metrics.splitlines() if line.startswith("momo_batch_size_count")]
+    total_items = sum(float(line.split()[-1]) for line in sizes)
+    total_batches = sum(float(line.split()[-1]) for line in counts)
+    assert total_items > total_batches
+    for name in (
+        "momo_http_request_duration_seconds_bucket",
+        "momo_inference_seconds_bucket",
+        "momo_queue_depth",
+        'momo_model_info{device="cpu",name="momo-test",runtime="torch",version="v1"} 1.0',
+    ):
+        assert name in metrics
+
+
+def test_models_listing(client: httpx.Client) -> None:
+    body = client.get("/v1/models").json()
+    assert body["object"] == "list"
+    cards = {m["id"]: m for m in body["data"]}
+    assert set(cards) == {"momo-test:v1", "momo-test:v2", "momo-bare:v1"}
+    v1 = cards["momo-test:v1"]
+    assert v1["active"] and v1["serving"] and v1["runtime"] == "torch" and v1["device"] == "cpu"
+    assert v1["embedding_dim"] == 16 and v1["object"] == "model" and v1["created"] > 0
+    assert v1["heads"]["vqa"] == {"input": "pair", "task": "vqa", "num_labels": 8}
+    assert set(v1["heads"]) == {"itm", "vqa", "shapes", "topic"}
+    assert not cards["momo-test:v2"]["serving"] and cards["momo-test:v2"]["runtime"] is None
+    assert cards["momo-bare:v1"]["heads"] == {}
+    assert client.get("/v1/models/momo-test:v2").json()["id"] == "momo-test:v2"
+    assert_error(client.get("/v1/models/nope:v9"), 404, "model_not_found")
+
+
+def test_activation_under_load_drops_nothing(model_store: Path, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(model_store, root)
+    settings = make_settings(root, tmp_path / "data")
+    with LiveServer(settings) as live:
+        with live.client() as c:
+            assert c.post("/v1/collections", json={"name": "v1-only"}).status_code == 201
+            c.post("/v1/collections/v1-only/items", json={"items": [{"id": "a", "text": "a red circle"}]})
+        stop = threading.Event()
+        results: list[tuple[int, str]] = []
+        lock = threading.Lock()
+
+        def load(i: int) -> None:
+            with live.client() as c:
+                while not stop.is_set():
+                    for r in mixed_requests(c, i)[:4]:
+                        model = r.json().get("model", "") if r.status_code == 200 else r.text
+                        with lock:
+                            results.append((r.status_code, model))
+
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        with live.client() as c:
+            r = c.post("/v1/models/momo-test:v2/activate")
+            assert r.status_code == 200, r.text
+            assert r.json()["changed"] and r.json()["previous"] == "momo-test:v1"
+            assert r.json()["model"]["id"] == "momo-test:v2" and r.json()["model"]["serving"]
+            assert ModelStore(root).active() == ("momo-test", "v2")  # the store's pointer is persisted
+            time.sleep(0.5)
+            # collections remember their model: a swap makes them refuse (409) instead of mixing vectors
+            error = assert_error(
+                c.post("/v1/collections/v1-only/search", json={"query": "x"}),
+                409,
+                "collection_model_mismatch",
+            )
+            assert "momo-test:v1" in error["message"]
+            assert c.get("/v1/collections/v1-only").json()["searchable"] is False
+            assert c.post("/v1/models/momo-test:v1/activate").status_code == 200
+            time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+        failures = [r for r in results if r[0] != 200]
+        assert not failures, failures[:5]
+        served = {m for _, m in results}
+        assert {"momo-test:v1", "momo-test:v2"} <= served, served
+        with live.client() as c:
+            assert (
+                c.post("/v1/collections/v1-only/search", json={"query": "a red circle"}).json()["data"][0][
+                    "id"
+                ]
+                == "a"
+            )
+            same = c.post("/v1/models/momo-test:v1/activate").json()
+            assert same["changed"] is False
+            assert_error(c.post("/v1/models/momo-test:v9/activate"), 404, "model_not_found")
+            assert_error(c.post("/v1/models/ghost/activate"), 404, "model_not_found")
+            assert c.get("/ready").status_code == 200
+            assert 'momo_model_activations_total{outcome="ok"} 2.0' in c.get("/metrics").text
+
+
+def test_shutdown_lets_in_flight_requests_finish(model_store: Path, tmp_path: Path) -> None:
+    live = LiveServer(make_settings(model_store, tmp_path)).start()
+    handle = live.engine.current
+    original = handle.runtime.encode_texts
+
+    def slow(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        time.sleep(0.3)
+        return original(ids, mask)
+
+    handle.runtime.encode_texts = slow
+
+    def call(i: int) -> int:
+        with live.client() as c:
+            return c.post("/v1/embeddings", json={"input": f"in flight {i}"}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(call, i) for i in range(8)]
+        time.sleep(0.15)
+        live.stop()  # graceful: uvicorn stops accepting, waits for these, then the lifespan drains
+        statuses = [f.result() for f in futures]
+    assert statuses == [200] * 8
+    assert all(not q.alive for q in handle.queues.values())

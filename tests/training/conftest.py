@@ -1,0 +1,128 @@
+"""Micro data (written once per session by the real `prepare_all`) and a micro recipe over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.recipe import Recipe, recipe_from_dict
+
+
+@pytest.fixture(scope="session")
+def micro_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.data.prepare import prepare_all
+
+    from momo.tokenizer import MoMoTokenizer
+    from training.data.formats import read_text_lines
+
+    root = tmp_path_factory.mktemp("micro_data")
+    prepare_all(root, scale="micro", install_missing=False, progress=False)
+    MoMoTokenizer.train(read_text_lines(root / "text/train.txt"), vocab_size=256, min_frequency=1).save(
+        root / "tokenizer.json"
+    )
+    return root
+
+
+def micro_recipe_dict(data_dir: Path, steps: int = 3) -> dict:
+    pairs = ["shapes/train/pairs.jsonl", "emoji/train/pairs.jsonl"]
+    return {
+        "name": "micro",
+        "preset": "momo-test",
+        "seed": 0,
+        "data_dir": str(data_dir),
+        "tokenizer": {"path": "tokenizer.json"},
+        "stages": [
+            {
+                "name": "images",
+                "steps": steps,
+                "lr": 1e-3,
+                "warmup_steps": 1,
+                "log_every": 1,
+                "streams": [
+                    {
+                        "name": "fashion",
+                        "kind": "image",
+                        "paths": ["fashion_mnist/train/images"],
+                        "batch_size": 8,
+                        "objectives": ["mim"],
+                    },
+                    {
+                        "name": "scenes",
+                        "kind": "image",
+                        "paths": pairs,
+                        "batch_size": 8,
+                        "objectives": ["mim"],
+                    },
+                ],
+            },
+            {
+                "name": "images_text",
+                "steps": steps,
+                "lr": 1e-3,
+                "warmup_steps": 1,
+                "log_every": 1,
+                "streams": [
+                    {
+                        "name": "scenes",
+                        "kind": "image",
+                        "paths": pairs,
+                        "batch_size": 8,
+                        "objectives": ["mim"],
+                    },
+                    {
+                        "name": "text",
+                        "kind": "text",
+                        "paths": ["text/train.txt"],
+                        "batch_size": 8,
+                        "objectives": ["mlm"],
+                    },
+                ],
+            },
+            {
+                "name": "text_pairs",
+                "steps": steps,
+                "lr": 1e-3,
+                "warmup_steps": 1,
+                "log_every": 1,
+                "objective_options": {"itm": {"max_batch": 4}},
+                "streams": [
+                    {
+                        "name": "text",
+                        "kind": "text",
+                        "paths": ["text/train.txt"],
+                        "batch_size": 8,
+                        "objectives": ["mlm"],
+                    },
+                    {
+                        "name": "pairs",
+                        "kind": "pair",
+                        "paths": pairs,
+                        "batch_size": 8,
+                        "objectives": ["itc", "itm", "mmm"],
+                    },
+                ],
+            },
+            {
+                "name": "downstream",
+                "steps": steps,
+                "lr": 1e-3,
+                "warmup_steps": 1,
+                "log_every": 1,
+                "streams": [
+                    {
+                        "name": "vqa",
+                        "kind": "vqa",
+                        "paths": ["shapes/train/vqa.jsonl"],
+                        "batch_size": 8,
+                        "objectives": ["vqa"],
+                    },
+                ],
+            },
+        ],
+    }
+
+
+@pytest.fixture()
+def micro_recipe(micro_data: Path) -> Recipe:
+    return recipe_from_dict(micro_recipe_dict(micro_data))

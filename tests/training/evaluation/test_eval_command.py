@@ -1,0 +1,116 @@
+"""`momo eval` end to end on micro data with a random momo-test artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from momo.artifact import Manifest, load_artifact, save_artifact
+from momo.config import get_preset
+from momo.store import ModelStore
+from momo.tokenizer import MoMoTokenizer
+from tests.factories import random_model, register_random
+from training.evaluation.commands import register
+
+SMALL = [
+    "--max-train",
+    "120",
+    "--max-test",
+    "40",
+    "--max-retrieval",
+    "40",
+    "--max-vqa",
+    "80",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def cli() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """Test app."""
+
+    register(app)
+    return app
+
+
+def test_eval_end_to_end(
+    cli: typer.Typer, micro_data: Path, tmp_path: Path, test_tokenizer: MoMoTokenizer
+) -> None:
+    store = ModelStore(tmp_path / "store")
+    info = register_random(store, get_preset("momo-test"), test_tokenizer)
+    out = tmp_path / "out"
+    args = [
+        "eval",
+        info.reference,
+        "--store",
+        str(store.root),
+        "--data-dir",
+        str(micro_data),
+        "--out",
+        str(out),
+    ]
+    result = CliRunner().invoke(cli, [*args, *SMALL, "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    for name in ("eval.json", "eval.md", "vision.png", "language.png", "multimodal.png", "macro.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "macro.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "eval.json").read_text())
+    tasks = {r["task"] for r in report["rows"]}
+    assert tasks == {
+        "fashion_mnist_linear_probe",
+        "fashion_mnist_zero_shot",
+        "wordnet_lexname_probe",
+        "fortunes_category_probe",
+        "shapes_retrieval",
+        "emoji_retrieval",
+        "shapes_vqa",
+    }
+    assert not report["skipped"]
+    for row in report["rows"]:
+        assert 0.0 <= row["model"] <= 1.0
+        assert row["random_init"] is not None  # the random-weights baseline runs for every figure
+        assert row["trivial"] is not None and row["n_test"] > 0
+    probe = next(r for r in report["rows"] if r["task"] == "fashion_mnist_linear_probe")
+    assert (probe["n_train"], probe["n_test"]) == (120, 40) and probe["feature"] is not None
+    vqa_types = {r["metric"] for r in report["rows"] if r["task"] == "shapes_vqa"}
+    assert "accuracy" in vqa_types and len(vqa_types) > 2  # overall + per question type
+    assert set(report["macro"]["model"]) == {"vision", "language", "multimodal", "overall"}
+    assert "| overall |" in (out / "eval.md").read_text()
+    # the figures are in the (still valid) manifest
+    metrics = load_artifact(info.path).manifest.metrics["eval"]
+    assert metrics["macro"]["overall"] == pytest.approx(report["macro"]["model"]["overall"])
+    assert "multimodal/shapes_retrieval/mean recall" in metrics["scores"]
+
+
+def test_eval_without_vqa_head_and_without_manifest(
+    cli: typer.Typer, micro_data: Path, tmp_path: Path, test_tokenizer: MoMoTokenizer
+) -> None:
+    model = random_model(get_preset("momo-test"), with_heads=False)
+    path = tmp_path / "bare"
+    save_artifact(path, model, test_tokenizer, Manifest(name="bare", version="v1"))
+    manifest_before = (path / "manifest.json").read_text()
+    out = tmp_path / "out"
+    args = ["eval", str(path), "--data-dir", str(micro_data), "--out", str(out), "--groups", "multimodal"]
+    result = CliRunner().invoke(
+        cli, [*args, *SMALL, "--no-manifest", "--no-random-baseline", "--cache-dir", str(tmp_path / "cache")]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval.json").read_text())
+    assert [s["task"] for s in report["skipped"]] == ["shapes_vqa"]
+    assert "no 'vqa' head" in (out / "eval.md").read_text()
+    assert {r["task"] for r in report["rows"]} == {"shapes_retrieval", "emoji_retrieval"}
+    assert all(r["random_init"] is None for r in report["rows"])
+    assert (path / "manifest.json").read_text() == manifest_before
+
+
+def test_eval_rejects_unknown_group(cli: typer.Typer, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["eval", "x", "--groups", "audio", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
