@@ -43,7 +43,7 @@ def test_corrupt_or_incomplete_artifact_refused(tmp_path: Path, test_config, tes
 
     save_artifact(tmp_path / "c", model, test_tokenizer, Manifest(name="m"))
     (tmp_path / "c" / "manifest.json").unlink()
-    with pytest.raises(ArtifactError, match="no manifest.json"):
+    with pytest.raises(ArtifactError, match=r"no manifest\.json"):
         load_artifact(tmp_path / "c")
     with pytest.raises(ArtifactError, match="does not exist"):
         load_artifact(tmp_path / "nowhere")

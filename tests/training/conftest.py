@@ -11,10 +11,9 @@ from training.recipe import Recipe, recipe_from_dict
 
 @pytest.fixture(scope="session")
 def micro_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.data.prepare import prepare_all
-
     from momo.tokenizer import MoMoTokenizer
     from training.data.formats import read_text_lines
+    from training.data.prepare import prepare_all
 
     root = tmp_path_factory.mktemp("micro_data")
     prepare_all(root, scale="micro", install_missing=False, progress=False)

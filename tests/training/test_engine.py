@@ -13,12 +13,11 @@ import torch
 from momo.artifact import load_artifact
 from momo.store import ModelStore
 from momo.tokenizer import MoMoTokenizer
+from tests.training.conftest import micro_recipe_dict
 from training import engine
 from training.pretrain import run_pretraining
 from training.recipe import Recipe, recipe_from_dict
 from training.streams import StreamLoader
-
-from tests.training.conftest import micro_recipe_dict
 
 
 def _stage_setup(recipe: Recipe, stage_index: int, lr: float | None = None):

@@ -212,8 +212,18 @@ def macro_average(values: Iterable[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def macro_by_group(scores: Mapping[str, Mapping[str, float | None]]) -> dict[str, float | None]:
-    """{group: {task: score}} -> {group: macro average, ..., "overall": mean of the group macros}."""
-    out: dict[str, float | None] = {group: macro_average(tasks.values()) for group, tasks in scores.items()}
-    out["overall"] = macro_average(out.values())
+def macro_by_group(
+    scores: Mapping[str, Mapping[str, float | None]], *, complete: bool = False
+) -> dict[str, float | None]:
+    """{group: {task: score}} -> {group: macro average, ..., "overall": mean of the group macros}.
+
+    complete=True: an average is None unless every task (every group, for "overall") has a value.
+    """
+
+    def average(values: Iterable[float | None]) -> float | None:
+        values = list(values)
+        return None if complete and any(v is None for v in values) else macro_average(values)
+
+    out: dict[str, float | None] = {group: average(tasks.values()) for group, tasks in scores.items()}
+    out["overall"] = average(out.values())
     return out

@@ -44,7 +44,7 @@ def markdown(result: EvalResult) -> str:
         "## Macro averages",
         "",
         "Unweighted mean of each task's **bold** score per group; *overall* is the mean of the group "
-        "averages. A baseline column averages only the tasks it applies to.",
+        "averages. A baseline has an average only where it applies to every task averaged.",
         "",
         "| | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
@@ -71,14 +71,16 @@ def _chart(rows: list[Row], title: str, path: Path) -> None:
     import numpy as np
 
     labels = [f"{r.task}\n{r.metric}" for r in rows]
+    columns = [c for c in COLUMNS if any(getattr(r, c) is not None for r in rows)]
     x = np.arange(len(rows))
-    width = 0.8 / len(COLUMNS)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) + 2), 4.2))
-    for i, column in enumerate(COLUMNS):
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(rows) + 1.5), 4.2))
+    for i, column in enumerate(columns):
         values = [getattr(r, column) for r in rows]
         heights = [np.nan if v is None else v for v in values]
-        ax.bar(x + (i - (len(COLUMNS) - 1) / 2) * width, heights, width, label=COLUMN_TITLES[column])
-    ax.set_xticks(x, labels, fontsize=8)
+        bars = ax.bar(x + (i - (len(columns) - 1) / 2) * width, heights, width, label=COLUMN_TITLES[column])
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    ax.set_xticks(x, [label.replace("_", " ") for label in labels], fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("score")
     ax.set_title(title)
@@ -105,13 +107,14 @@ def _macro_chart(result: EvalResult, path: Path) -> None:
 
 
 def write_report(result: EvalResult, out: Path) -> list[Path]:
-    """eval.json, eval.md, one PNG per group (its primary scores) and macro.png; returns the paths."""
+    """eval.json, eval.md, one PNG per group (each task's score beside its baselines) and macro.png
+    (group and overall macro averages); returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / JSON_FILE, out / MARKDOWN_FILE]
     (out / JSON_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     (out / MARKDOWN_FILE).write_text(markdown(result))
     for group in GROUPS:
-        rows = [r for r in result.rows if r.group == group and (r.primary or r.task.endswith("retrieval"))]
+        rows = [r for r in result.rows if r.group == group and r.primary]
         if rows:
             path = out / f"{group}.png"
             _chart(rows, f"{result.model}: {group}", path)

@@ -88,13 +88,15 @@ class EvalResult:
     evaluated_at: str = ""
 
     def compute_macro(self) -> None:
-        """Per column: macro average of the primary rows per group and over the groups."""
+        """Per column: macro average of the primary rows per group and over the groups. A baseline
+        gets a group (or overall) average only where it covers every task of it, so that its average
+        is comparable with the model's; the model's average skips nothing (no task lacks it)."""
         for column in COLUMNS:
             scores: dict[str, dict[str, float | None]] = {}
             for row in self.rows:
                 if row.primary:
                     scores.setdefault(row.group, {})[row.task] = getattr(row, column)
-            self.macro[column] = M.macro_by_group(scores)
+            self.macro[column] = M.macro_by_group(scores, complete=column != "model")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -106,3 +106,5 @@ def test_macro_averages() -> None:
     assert macro["language"] == pytest.approx(0.4)
     assert macro["multimodal"] is None
     assert macro["overall"] == pytest.approx(0.55)
+    strict = M.macro_by_group({"vision": {"a": 0.8, "b": None}, "language": {"c": 0.4}}, complete=True)
+    assert strict == {"vision": None, "language": 0.4, "overall": None}

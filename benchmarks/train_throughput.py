@@ -1,0 +1,110 @@
+"""Training throughput per objective, and achieved FLOP/s against a matmul peak measured in the
+same run.
+
+    .venv/bin/python benchmarks/train_throughput.py [--presets momo-tiny,momo-small] [--steps 5]
+
+For each preset and objective: one optimizer step (forward + backward + AdamW) on synthetic
+inputs of the preset's shapes, timed over `--steps` repetitions after a warm-up. FLOPs per step
+are counted by `torch.utils.flop_counter` (matmuls/convs/attention), so `achieved / peak` says how
+much of the machine the small model's step uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from momo.config import get_preset
+from momo.model import MoMoEncoder
+from training.losses import Batch, TokenInfo, build_objective
+from training.losses.base import Objective
+
+OBJECTIVES = ("mim", "mlm", "itc", "itm", "mmm", "vqa")
+
+
+def matmul_peak(size: int = 1024, repeats: int = 20) -> float:
+    """fp32 FLOP/s of a square matmul on this machine, best of `repeats`."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def synthetic_batch(objective: str, config, batch: int, text_len: int = 20) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch, 3, config.image_size, config.image_size, generator=g)
+    ids = torch.randint(5, config.vocab_size, (batch, text_len), generator=g)
+    ids[:, 0], ids[:, -1] = 2, 3
+    mask = torch.ones_like(ids)
+    if objective == "mim":
+        return Batch(pixels=pixels)
+    if objective == "mlm":
+        return Batch(input_ids=ids, attention_mask=mask)
+    labels = torch.randint(0, 15, (batch,), generator=g)
+    return Batch(pixels=pixels, input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def measure(preset: str, objective: str, batch: int, steps: int) -> tuple[float, float]:
+    """(samples/s, FLOP per step) for one objective."""
+    config = get_preset(preset)
+    tokens = TokenInfo(mask_id=4, pad_id=0, vocab_size=config.vocab_size, special_ids={0, 1, 2, 3, 4})
+    torch.manual_seed(0)
+    encoder = MoMoEncoder(config)
+    loss_module: Objective = build_objective(
+        objective, config, tokens, answers=[str(i) for i in range(15)]
+    )
+    params = list(encoder.parameters()) + list(loss_module.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    data = synthetic_batch(objective, config, batch)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        context: dict = {}
+        if objective == "itm":  # ITM mines negatives from ITC similarities; give it some
+            context["itc_similarity"] = torch.randn(batch, batch)
+        losses = loss_module(encoder, data, torch.Generator().manual_seed(1), context)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    step()  # warm-up
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = float(counter.get_total_flops())
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - start) / steps
+    return batch / seconds, flops / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--presets", default="momo-tiny,momo-small")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak()
+    print(f"threads {args.threads}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (1024x1024, best of 20)")
+    print(f"{'preset':<11} {'objective':<9} {'samples/s':>10} {'GFLOP/s':>9} {'of peak':>8}")
+    for preset in args.presets.split(","):
+        for objective in OBJECTIVES:
+            samples, flops = measure(preset, objective, args.batch, args.steps)
+            print(f"{preset:<11} {objective:<9} {samples:>10.1f} {flops / 1e9:>9.1f} {flops / peak:>8.1%}")
+
+
+if __name__ == "__main__":
+    main()
