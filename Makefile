@@ -52,5 +52,17 @@ pretrain-default: $(STAMP)
 	$(VENV)/bin/momo data prepare
 	$(VENV)/bin/momo pretrain --config training/recipes/default.yaml --out runs/default --register momo-tiny --activate
 
+eval-default: $(STAMP)
+	$(VENV)/bin/momo data prepare
+	$(VENV)/bin/momo eval momo-tiny --out runs/eval-default
+
+export-default: $(STAMP)
+	$(VENV)/bin/momo export momo-tiny --int8
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/train_throughput.py
+	$(VENV)/bin/python benchmarks/runtime.py
+	$(VENV)/bin/python benchmarks/serve_load.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -164,7 +164,8 @@ def locate_graphs(artifact: Artifact, fmt: str, cache_dir: Path | None = None) -
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
-    if _usable(artifact.path, artifact, fmt, check_hashes=False):
+    listed = all(name in artifact.manifest.files for name in format_files(fmt))  # hashed by load_artifact
+    if listed and _usable(artifact.path, artifact, fmt, check_hashes=False):
         return artifact.path
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     target = root / weights_sha256(artifact)
@@ -185,8 +186,14 @@ def locate_graphs(artifact: Artifact, fmt: str, cache_dir: Path | None = None) -
                 f"run `momo export {artifact.reference}` or set MOMO_CACHE_DIR to a writable directory"
             ) from exc
         try:
-            from momo.export import export_model  # imports torch: only on this path
-
+            try:
+                from momo.export import export_model  # imports torch (and onnx): only on this path
+            except ImportError as exc:
+                missing = exc.name or "torch/onnx"
+                raise RuntimeLoadError(
+                    f"{artifact.path} ships no {fmt} graphs and exporting them needs {missing} "
+                    f"(install the `onnx` package, or run `momo export {artifact.reference}` where it is)"
+                ) from exc
             model = artifact.load_model("cpu")
             export_model(
                 model,

@@ -235,3 +235,23 @@ def test_model_without_heads(tmp_path: Path, test_tokenizer: MoMoTokenizer) -> N
     with pytest.raises(KeyError, match="VQA"):
         runtime.answer(pixels, ids, mask)
     assert os.listdir(tmp_path / "cache")
+
+
+def test_all_outputs_in_one_pass(setup: dict) -> None:
+    for runtime in setup["runtimes"].values():
+        pixels, ids, mask = _inputs(runtime, 3)
+        image = runtime.image_outputs(pixels)
+        assert list(image) == ["embedding", "cls", "logits_shape"]
+        np.testing.assert_allclose(image["embedding"], runtime.encode_images(pixels), atol=1e-6)
+        np.testing.assert_allclose(image["cls"], runtime.image_features(pixels), atol=1e-6)
+        text = runtime.text_outputs(ids, mask)
+        assert list(text) == ["embedding", "cls", "logits_topic"]
+        pair = runtime.pair_outputs(pixels, ids, mask)
+        assert list(pair) == ["cls", "logits_itm", "logits_vqa"]
+        assert pair["logits_vqa"].shape == (3, len(VQA_ANSWERS))
+        empty = runtime.image_outputs(pixels[:0])
+        assert {k: v.shape for k, v in empty.items()} == {
+            "embedding": (0, 16),
+            "cls": (0, 32),
+            "logits_shape": (0, 3),
+        }
