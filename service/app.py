@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.deps import Authorized, Services, declare_bearer_auth
-from service.engine import Engine
+from service.engine import Engine, freeze_heap
 from service.errors import install_error_handlers
 from service.logs import configure_logging
 from service.metrics import Metrics
@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for collection in collection_store.list():
             metrics.collection_items.labels(collection.name).set(collection.count)
         await engine.start()
+        if settings.gc_freeze:
+            await asyncio.to_thread(freeze_heap)
         log.info(
             "ready" if engine.current else "started without a model",
             extra={"auth": "on" if settings.auth_enabled else "off"},

@@ -31,7 +31,7 @@ class JSONFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
+        return json.dumps(data, default=str, ensure_ascii=False)
 
 
 def configure_logging(level: str = "info", json_logs: bool = True) -> None:

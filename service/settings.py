@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", description="Logging level.")
     log_json: bool = Field(default=True, description="Structured JSON logs (one line per request).")
     docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
+    gc_freeze: bool = Field(
+        default=True, description="Freeze the start-up heap out of the cyclic GC (fewer latency spikes)."
+    )
     test_hooks: bool = Field(default=False, description="Expose fault-injection hooks (tests only).")
 
     @field_validator("api_keys", mode="before")

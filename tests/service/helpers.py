@@ -68,6 +68,7 @@ def make_settings(model_store: Path, data_dir: Path, **overrides: Any) -> Settin
         "log_level": "warning",
         "max_wait_ms": 2.0,
         "test_hooks": True,
+        "gc_freeze": False,
         "collections_fsync": False,
     }
     values.update(overrides)

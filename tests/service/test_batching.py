@@ -108,7 +108,7 @@ def test_overload_gives_429_with_retry_after(model_store: Path, tmp_path: Path) 
         original = handle.runtime.encode_texts
 
         def slow(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            time.sleep(0.25)
+            time.sleep(0.5)
             return original(ids, mask)
 
         handle.runtime.encode_texts = slow

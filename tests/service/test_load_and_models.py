@@ -100,17 +100,23 @@ def test_activation_under_load_drops_nothing(model_store: Path, tmp_path: Path) 
                         with lock:
                             results.append((r.status_code, model))
 
+        def served(model: str, at_least: int = 1, timeout: float = 30.0) -> None:
+            deadline = time.monotonic() + timeout
+            while sum(1 for _, m in list(results) if m == model) < at_least:
+                assert time.monotonic() < deadline, f"no responses from {model}"
+                time.sleep(0.02)
+
         threads = [threading.Thread(target=load, args=(i,)) for i in range(12)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        served("momo-test:v1", at_least=20)
         with live.client() as c:
             r = c.post("/v1/models/momo-test:v2/activate")
             assert r.status_code == 200, r.text
             assert r.json()["changed"] and r.json()["previous"] == "momo-test:v1"
             assert r.json()["model"]["id"] == "momo-test:v2" and r.json()["model"]["serving"]
             assert ModelStore(root).active() == ("momo-test", "v2")  # the store's pointer is persisted
-            time.sleep(0.5)
+            served("momo-test:v2", at_least=20)
             # collections remember their model: a swap makes them refuse (409) instead of mixing vectors
             error = assert_error(
                 c.post("/v1/collections/v1-only/search", json={"query": "x"}),
@@ -119,8 +125,9 @@ def test_activation_under_load_drops_nothing(model_store: Path, tmp_path: Path) 
             )
             assert "momo-test:v1" in error["message"]
             assert c.get("/v1/collections/v1-only").json()["searchable"] is False
+            before = sum(1 for _, m in list(results) if m == "momo-test:v1")
             assert c.post("/v1/models/momo-test:v1/activate").status_code == 200
-            time.sleep(0.3)
+            served("momo-test:v1", at_least=before + 20)
         stop.set()
         for t in threads:
             t.join()
@@ -160,7 +167,10 @@ def test_shutdown_lets_in_flight_requests_finish(model_store: Path, tmp_path: Pa
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(call, i) for i in range(8)]
-        time.sleep(0.15)
+        deadline = time.monotonic() + 30
+        while handle.inflight + sum(f.done() for f in futures) < 8:  # every request reached the server
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         live.stop()  # graceful: uvicorn stops accepting, waits for these, then the lifespan drains
         statuses = [f.result() for f in futures]
     assert statuses == [200] * 8
