@@ -22,9 +22,12 @@ from fastapi import FastAPI
 from service.deps import Authorized, Services, declare_bearer_auth
 from service.engine import Engine, freeze_heap
 from service.errors import install_error_handlers
+from service.jobs import router as jobs_router
+from service.jobs.service import JobService
+from service.jobs.uploads import UploadBodyLimitMiddleware
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.middleware import RequestContextMiddleware
 from service.retrieval import CollectionStore
 from service.routers import classify, collections, embeddings, models, ops, vqa
 from service.settings import Settings
@@ -56,8 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_redirects=settings.image_url_max_redirects,
     )
 
+    jobs = JobService(settings, metrics)  # fine-tuning jobs (service/jobs): records, sweeper, embedded worker
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await jobs.start()  # refuses to start on a job-database schema mismatch
         await asyncio.to_thread(collection_store.open)
         for collection in collection_store.list():
             metrics.collection_items.labels(collection.name).set(collection.count)
@@ -73,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await engine.close()
             await asyncio.to_thread(collection_store.close)
+            await jobs.stop()
             log.info("stopped")
 
     app = FastAPI(
@@ -90,15 +97,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.collections = collection_store
     app.state.fetcher = fetcher
     app.state.services = Services(settings, metrics, engine, collection_store, fetcher)
+    app.state.jobs = jobs
 
     install_error_handlers(app)
     app.include_router(ops.router)
-    for router in (embeddings.router, collections.router, classify.router, vqa.router, models.router):
+    for router in (
+        embeddings.router,
+        collections.router,
+        classify.router,
+        vqa.router,
+        models.router,
+        jobs_router.router,
+    ):
         app.include_router(router, dependencies=[Authorized])
     if settings.test_hooks:
         app.include_router(ops.hooks)
     declare_bearer_auth(app)
     # add_middleware prepends: the last one added runs first (outermost).
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # the body limit, with dataset uploads (POST /v1/files) streamed under their own max_upload_bytes
+    app.add_middleware(
+        UploadBodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

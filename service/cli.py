@@ -102,10 +102,61 @@ def _serve_command() -> Any:
     return serve
 
 
+# --- momo worker (fine-tuning jobs) -----------------------------------------------------------------
+def _worker(log_level: str | None, **flags: Any) -> None:
+    from pydantic import ValidationError
+
+    from service.jobs.db import SchemaMismatch
+    from service.jobs.settings import JobSettings
+
+    try:
+        settings = JobSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ())) or "settings"
+            typer.echo(f"error: {where}: {error.get('msg')}", err=True)
+        raise typer.Exit(2) from None
+    from service.worker import run_worker  # the worker side: imports training/
+
+    try:
+        run_worker(settings, loglevel=(log_level or "info").lower())
+    except SchemaMismatch as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _worker_command() -> Any:
+    from service.jobs.settings import JobSettings
+
+    parameters = [
+        inspect.Parameter(
+            "log_level",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--log-level", envvar="MOMO_LOG_LEVEL", help="Logging level [info]."),
+            annotation=str | None,
+        )
+    ]
+    for name, field in JobSettings.model_fields.items():
+        annotation, option = _option_for(name, field)
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        )
+
+    def worker(**flags: Any) -> None:
+        """Run a Celery worker for fine-tuning jobs. Flags = MOMO_* job settings."""
+        _worker(**flags)
+
+    worker.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return worker
+
+
 def register(app: typer.Typer) -> None:
-    """Add `momo serve` to the `momo` CLI (`momo worker` is added by the job-queue side)."""
+    """Add `momo serve` and `momo worker` to the `momo` CLI."""
     app.command("serve", help="Serve the model over HTTP. Every flag is also a MOMO_* environment variable.")(
         _serve_command()
     )
-    # `momo worker` goes here too, as a command that imports the worker module only when it runs
-    # (so that `momo serve` never imports training/).
+    # `momo worker` imports the worker module (and so training/) only when it runs.
+    app.command(
+        "worker",
+        help="Run a Celery worker for fine-tuning jobs (broker, database, store from MOMO_* or flags).",
+    )(_worker_command())

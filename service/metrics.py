@@ -10,6 +10,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
 
 class _QueueDepthCollector(Collector):
@@ -83,6 +84,13 @@ class Metrics:
         )
         # Fine-tuning jobs (section 6): the job API sets these per state.
         self.jobs = Gauge("momo_fine_tune_jobs", "Fine-tuning jobs by state.", ["state"], registry=r)
+        self.job_duration = Histogram(
+            "momo_fine_tune_duration_seconds",
+            "Fine-tuning job run time (start, or submission when it never started, to end) by final state.",
+            ["state"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
 
     def watch_queues(self, depths: Callable[[], dict[str, tuple[int, bool]]]) -> None:
         self.registry.register(_QueueDepthCollector(depths))

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from service.jobs.settings import JobSettings
 
 MIB = 1024 * 1024
 
 
-class Settings(BaseSettings):
+class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.py) are inherited
     model_config = SettingsConfigDict(env_prefix="MOMO_", extra="ignore", validate_default=True)
 
     # --- network ---------------------------------------------------------------------------------
