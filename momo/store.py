@@ -51,6 +51,14 @@ class VersionInfo:
         return f"{self.name}:{self.version}"
 
 
+def _make_readable(directory: Path) -> None:
+    """mkdtemp (and some writers) create owner-only modes; a version must be readable by the
+    service's user (e.g. a non-root container user), so give it the usual 755/644."""
+    os.chmod(directory, 0o755)
+    for path in directory.iterdir():
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
 def _version_number(version: str) -> int:
     match = _VERSION_RE.match(version)
     return int(match.group(1)) if match else -1
@@ -141,6 +149,7 @@ class ModelStore:
             existing = self.versions(name)
             write(tmp, f"v{(_version_number(existing[-1]) + 1) if existing else 1}")
             manifest = load_artifact(tmp).manifest  # refuse to register what would not load
+            _make_readable(tmp)
             for _attempt in range(1000):
                 existing = self.versions(name)
                 version = f"v{(_version_number(existing[-1]) + 1) if existing else 1}"

@@ -33,7 +33,7 @@ def _seed_everything() -> None:
         import torch
 
         torch.manual_seed(0)
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)  # subprocess servers and workers share the cores in many tests
     except ImportError:  # pragma: no cover - torch is always installed in the test venv
         pass
 
