@@ -57,9 +57,7 @@ def measure(preset: str, objective: str, batch: int, steps: int) -> tuple[float,
     tokens = TokenInfo(mask_id=4, pad_id=0, vocab_size=config.vocab_size, special_ids={0, 1, 2, 3, 4})
     torch.manual_seed(0)
     encoder = MoMoEncoder(config)
-    loss_module: Objective = build_objective(
-        objective, config, tokens, answers=[str(i) for i in range(15)]
-    )
+    loss_module: Objective = build_objective(objective, config, tokens, answers=[str(i) for i in range(15)])
     params = list(encoder.parameters()) + list(loss_module.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     data = synthetic_batch(objective, config, batch)
