@@ -34,8 +34,10 @@ def register_random(
     name: str = "momo-test",
     seed: int = 0,
     activate: bool = True,
+    model: MoMoModel | None = None,
 ) -> VersionInfo:
-    model = random_model(config, seed)
+    """Register `model` (default: a random one with ITM + VQA heads) as the next version of `name`."""
+    model = model if model is not None else random_model(config, seed)
 
     def write(directory: Path, version: str) -> None:
         save_artifact(

@@ -17,12 +17,11 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
-from momo.artifact import Manifest, save_artifact
 from momo.heads import HeadSpec
 from momo.store import ModelStore
 from service.app import create_app
 from service.settings import Settings
-from tests.factories import random_model
+from tests.factories import random_model, register_random
 
 API_KEY = "test-key-123"
 SHAPES = ["circle", "square", "triangle"]
@@ -46,14 +45,7 @@ def register_model(
         model.add_head("shapes", HeadSpec(input="image", labels=list(SHAPES)))
         model.add_head("topic", HeadSpec(input="text", labels=list(TOPICS)))
 
-    def write(directory: Path, version: str) -> None:
-        save_artifact(
-            directory, model, tokenizer, Manifest(name=name, version=version, recipe={"seed": seed})
-        )
-
-    info = store.register(name, write)
-    if activate:
-        store.activate(info.reference)
+    info = register_random(store, config, tokenizer, name=name, seed=seed, activate=activate, model=model)
     return info.reference
 
 
