@@ -57,7 +57,7 @@ eval-default: $(STAMP)
 	$(VENV)/bin/momo eval momo-tiny --out runs/eval-default
 
 export-default: $(STAMP)
-	$(VENV)/bin/momo export momo-tiny --int8
+	$(VENV)/bin/momo export momo-tiny --int8 --no-torchscript
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_throughput.py
