@@ -52,7 +52,11 @@ class MoMoTokenizer:
             show_progress=False,
         )
         tok.train_from_iterator(texts, trainer=trainer)
-        vocab = tok.get_vocab()
+        # HF's trainer picks the same token set every run but numbers ties differently; renumber
+        # canonically (specials, then sorted) so the same corpus always gives the same ids.
+        learned = sorted(t for t in tok.get_vocab() if t not in SPECIAL_TOKENS)
+        vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *learned])}
+        tok.model = WordPiece(vocab=vocab, unk_token=UNK, continuing_subword_prefix="##")
         tok.post_processor = processors.TemplateProcessing(
             single=f"{CLS} $A {SEP}", special_tokens=[(CLS, vocab[CLS]), (SEP, vocab[SEP])]
         )

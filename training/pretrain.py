@@ -146,7 +146,8 @@ def run_pretraining(
         if given and not tokenizer_path.exists():
             # A fixed tokenizer (shared by ablation arms; HF WordPiece training breaks count ties
             # differently from run to run, so a shared file keeps arms and reruns comparable).
-            shutil.copyfile(engine.resolve_paths(data_dir, [given])[0], tokenizer_path)
+            source = Path(given) if Path(given).exists() else engine.resolve_paths(data_dir, [given])[0]
+            shutil.copyfile(source, tokenizer_path)
         if not tokenizer_path.exists():
             corpus: list[str] = []
             for path in engine.resolve_paths(data_dir, list(recipe.tokenizer.get("corpus", []))):

@@ -34,3 +34,9 @@ def test_batch_encode_cls_sep_padding_truncation(test_tokenizer: MoMoTokenizer) 
     unk = test_tokenizer.encode_batch(["ωωω"], 8)
     assert test_tokenizer.unk_id in unk.input_ids[0]
     assert test_tokenizer.encode_batch([""], 8).num_tokens == [2]
+
+
+def test_training_is_deterministic(sample_corpus) -> None:
+    # HF's trainer numbers tied tokens differently from run to run; ours renumbers canonically.
+    vocabularies = [MoMoTokenizer.train(sample_corpus, 200, 1)._tok.get_vocab() for _ in range(3)]
+    assert vocabularies[0] == vocabularies[1] == vocabularies[2]
