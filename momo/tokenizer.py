@@ -52,8 +52,10 @@ class MoMoTokenizer:
             show_progress=False,
         )
         tok.train_from_iterator(texts, trainer=trainer)
-        # HF's trainer picks the same token set every run but numbers ties differently; renumber
-        # canonically (specials, then sorted) so the same corpus always gives the same ids.
+        # HF's trainer numbers tied tokens differently from run to run; renumber canonically
+        # (specials, then sorted) so a learned token set always gets the same ids. (Ties at the
+        # vocabulary cut-off can still change the set itself: recipes pin a tokenizer file to
+        # reproduce a model exactly.)
         learned = sorted(t for t in tok.get_vocab() if t not in SPECIAL_TOKENS)
         vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *learned])}
         tok.model = WordPiece(vocab=vocab, unk_token=UNK, continuing_subword_prefix="##")
