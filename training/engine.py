@@ -125,16 +125,17 @@ def hand_over(module: PretrainModule, previous: dict[str, torch.Tensor]) -> tupl
     return sorted(missing), sorted(unexpected)
 
 
+def exempt_from_decay(name: str, param: torch.Tensor) -> bool:
+    """No weight decay on biases, norms, embeddings, positions, tokens and temperatures."""
+    return param.ndim < 2 or any(s in name for s in ("embed", "pos", "token", "logit_scale"))
+
+
 def build_optimizer(module: nn.Module, stage: StageSpec) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms, embeddings, positions, tokens and temperatures."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim < 2 or "embed" in name or "pos" in name or "token" in name or "logit_scale" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        if param.requires_grad:
+            (no_decay if exempt_from_decay(name, param) else decay).append(param)
     groups = [
         {"params": decay, "weight_decay": stage.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -142,18 +143,29 @@ def build_optimizer(module: nn.Module, stage: StageSpec) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=stage.lr, betas=(0.9, 0.98), eps=1e-6)
 
 
-def warmup_cosine(stage: StageSpec) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up, then cosine decay to `min_lr_ratio`."""
-    warmup = min(stage.warmup_steps, max(stage.steps - 1, 0))
+def warmup_cosine_factor(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier per step: linear warm-up over `warmup` steps, then cosine decay to `min_ratio`."""
+    warmup = min(warmup, max(total - 1, 0))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, stage.steps - warmup)
+        progress = (step - warmup) / max(1, total - warmup)
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return stage.min_lr_ratio + (1 - stage.min_lr_ratio) * cosine
+        return min_ratio + (1 - min_ratio) * cosine
 
     return factor
+
+
+def warmup_cosine(stage: StageSpec) -> Callable[[int], float]:
+    return warmup_cosine_factor(stage.steps, stage.warmup_steps, stage.min_lr_ratio)
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def resolve_paths(data_dir: Path, paths: list[str]) -> list[Path]:

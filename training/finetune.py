@@ -327,7 +327,9 @@ def _decay_groups(
     named: list[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float
 ) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases, norms, embeddings, positions, tokens, temperatures."""
-    decay = [(n, p) for n, p in named if not (p.ndim < 2 or any(s in n for s in ("embed", "pos", "token")))]
+    from training.engine import exempt_from_decay
+
+    decay = [(n, p) for n, p in named if not exempt_from_decay(n, p)]
     no_decay = [(n, p) for n, p in named if (n, p) not in decay]
     groups = []
     for items, wd in ((decay, weight_decay), (no_decay, 0.0)):
@@ -599,16 +601,6 @@ def _build_task(
 
 
 # --- the loop ---------------------------------------------------------------------------------------
-def _lr_factor(total: int, warmup: int, min_ratio: float = 0.1) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def _epoch_batches(n_train: np.ndarray, batch_size: int, seed: int, epoch: int) -> Iterator[np.ndarray]:
     import numpy as np
 
@@ -622,14 +614,6 @@ def _epoch_batches(n_train: np.ndarray, batch_size: int, seed: int, epoch: int) 
 
 def _never() -> bool:
     return False
-
-
-def _resolve_device(device: str) -> torch.device:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def run_finetune(
@@ -651,6 +635,7 @@ def run_finetune(
     import torch
 
     from momo.store import ModelStore
+    from training.engine import resolve_device, warmup_cosine_factor
 
     options.validate()
     cancel = should_cancel or _never
@@ -659,7 +644,7 @@ def run_finetune(
     store = ModelStore(store_root) if store_root is not None else ModelStore()
     artifact = store.load(base)
     base_ref = artifact.reference
-    device = _resolve_device(options.device)
+    device = resolve_device(options.device)
     dataset = Path(dataset)
     root = Path(allowed_root) if allowed_root is not None else None
 
@@ -704,7 +689,7 @@ def run_finetune(
     if options.max_steps is not None:
         total = min(total, options.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_factor(total, int(options.warmup_ratio * total))
+        optimizer, warmup_cosine_factor(total, int(options.warmup_ratio * total), 0.1)
     )
     eval_every = options.eval_every or steps_per_epoch
     patience = options.early_stopping_patience or 0

@@ -114,9 +114,7 @@ def run_pretraining(
     from training.streams import StreamLoader
 
     started = time.perf_counter()
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
+    dev = engine.resolve_device(device)
     dist_info = engine.init_distributed(dev)
     if dev.type == "cuda" and dist_info.world > 1:
         dev = torch.device("cuda", dist_info.local_rank)
