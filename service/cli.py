@@ -86,13 +86,19 @@ def _serve(**flags: Any) -> None:
     )
 
 
-def _serve_command() -> Any:
+def _flag_parameters(fields: dict[str, Any]) -> list[inspect.Parameter]:
+    """One keyword-only CLI parameter per settings field (flag `--name`, env `MOMO_NAME`)."""
     parameters = []
-    for name, field in Settings.model_fields.items():
+    for name, field in fields.items():
         annotation, option = _option_for(name, field)
         parameters.append(
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
         )
+    return parameters
+
+
+def _serve_command() -> Any:
+    parameters = _flag_parameters(Settings.model_fields)
 
     def serve(**flags: Any) -> None:
         """Serve the model over HTTP (FastAPI + uvicorn). Flags = MOMO_* settings."""
@@ -136,11 +142,7 @@ def _worker_command() -> Any:
             annotation=str | None,
         )
     ]
-    for name, field in JobSettings.model_fields.items():
-        annotation, option = _option_for(name, field)
-        parameters.append(
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-        )
+    parameters += _flag_parameters(JobSettings.model_fields)
 
     def worker(**flags: Any) -> None:
         """Run a Celery worker for fine-tuning jobs. Flags = MOMO_* job settings."""
