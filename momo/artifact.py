@@ -180,9 +180,9 @@ def load_artifact(directory: str | Path, *, verify_hashes: bool = True) -> Artif
     try:
         config = MoMoConfig.from_dict(_read_json(directory / CONFIG_FILE))
         tokenizer = MoMoTokenizer.load(directory / TOKENIZER_FILE)
-    except (ValueError, TypeError, Exception) as exc:
-        if isinstance(exc, ArtifactError):
-            raise
+    except ArtifactError:
+        raise
+    except Exception as exc:  # a malformed config or tokenizer file
         raise ArtifactError(f"{directory}: cannot load config/tokenizer ({exc})") from exc
     heads = HeadsFile.from_dict(_read_json(directory / HEADS_FILE))
     return Artifact(directory, config, tokenizer, heads, manifest)
@@ -214,9 +214,7 @@ def update_manifest(directory: str | Path, **changes: Any) -> Manifest:
     Used for derived additions: exported graphs, evaluation figures.
     """
     directory = Path(directory)
-    manifest = verify(directory) if (Path(directory) / MANIFEST_FILE).exists() else None
-    if manifest is None:
-        raise ArtifactError(f"{directory} is not an artifact")
+    manifest = verify(directory)  # refuses a directory without a (matching) manifest
     for key, value in changes.items():
         current = getattr(manifest, key)
         if isinstance(current, dict) and isinstance(value, dict):

@@ -105,10 +105,7 @@ def build_stream_data(
         files, classes = _limit(files, limit), _limit(classes, limit)
         images, index = _load_images(files, config, name)
         data = StreamData(kind, images=images, image_index=index)
-        if kind == "image_class":
-            data.label_names = label_names or sorted(set(classes))
-            data.labels = _label_ids(classes, data.label_names)
-        return data
+        return _with_labels(data, classes, label_names) if kind == "image_class" else data
     if kind in ("text", "text_class"):
         texts: list[str] = []
         text_labels: list[str] = []
@@ -124,10 +121,7 @@ def build_stream_data(
         texts, text_labels = _limit(texts, limit), _limit(text_labels, limit)
         tokens, lengths = _tokenize(texts, tokenizer, config)
         data = StreamData(kind, tokens=tokens, lengths=lengths)
-        if kind == "text_class":
-            data.label_names = label_names or sorted(set(text_labels))
-            data.labels = _label_ids(text_labels, data.label_names)
-        return data
+        return _with_labels(data, text_labels, label_names) if kind == "text_class" else data
     if kind == "pair":
         pairs = _limit([p for path in paths for p in read_pairs(path)], limit)
         images, index = _load_images([p.image for p in pairs], config, name)
@@ -152,6 +146,13 @@ def build_stream_data(
 
 def _limit(items: list[Any], limit: int | None) -> list[Any]:
     return items if limit is None else items[:limit]
+
+
+def _with_labels(data: StreamData, labels: Sequence[str], label_names: list[str] | None) -> StreamData:
+    """Attach class ids; the vocabulary is `label_names` when fixed, else the sorted labels seen."""
+    data.label_names = label_names or sorted(set(labels))
+    data.labels = _label_ids(labels, data.label_names)
+    return data
 
 
 def _label_ids(labels: Sequence[str], names: Sequence[str]) -> np.ndarray:
