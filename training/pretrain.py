@@ -111,7 +111,7 @@ def run_pretraining(
     from training import engine
     from training.data.formats import read_text_lines
     from training.recipe import save_recipe
-    from training.streams import StreamLoader
+    from training.streams import StreamData, StreamLoader
 
     started = time.perf_counter()
     dev = engine.resolve_device(device)
@@ -182,11 +182,16 @@ def run_pretraining(
 
     result = RunResult(out_dir)
     module: engine.PretrainModule | None = None
+    decoded: dict[tuple[str, tuple[str, ...], int | None], StreamData] = {}  # shared across stages
     for stage_index in range(start_stage, len(recipe.stages)):
         stage = recipe.stages[stage_index]
         datasets = {}
         for spec in stage.streams:
-            datasets[spec.name] = engine.build_stream(spec, data_dir, config, tokenizer, answers)
+            # Stages often read the same files (e.g. the pairs of stages 3 and 4): decode them once.
+            key = (spec.kind, tuple(spec.paths), spec.limit)
+            if key not in decoded:
+                decoded[key] = engine.build_stream(spec, data_dir, config, tokenizer, answers)
+            datasets[spec.name] = decoded[key]
             if spec.kind == "vqa" and answers is None:
                 answers = datasets[spec.name].label_names
         loaders = {
