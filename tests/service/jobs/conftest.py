@@ -15,6 +15,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 
 from momo.store import ModelStore
 from tests.factories import register_random
+from tests.service.helpers import LiveServer, make_settings
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -190,3 +192,27 @@ def wait_for(
 def worker_log(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "worker.log"
     yield path
+
+
+@contextmanager
+def api_with_worker(
+    store: Path, data_dir: Path, env: dict[str, str], overrides: dict[str, Any]
+) -> Iterator[tuple[LiveServer, Worker]]:
+    """A real `momo worker` subprocess and a live API that sends it jobs (the API starts no worker)."""
+    worker = Worker(env, data_dir / "worker.log")
+    started = time.perf_counter()
+    worker.start()
+    print(f"\nworker ready in {time.perf_counter() - started:.1f} s")
+    settings = make_settings(store, data_dir, job_worker="off", **overrides)
+    try:
+        with LiveServer(settings) as server:
+            yield server, worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture()
+def client(system: tuple[LiveServer, Worker]) -> Iterator[httpx.Client]:
+    """A client of the module's `system` (modules with another server define their own `client`)."""
+    with system[0].client() as c:
+        yield c

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.helpers import LiveServer, make_settings
-from tests.service.jobs.conftest import Worker, job_env, wait_for, zip_folder
+from tests.service.helpers import LiveServer
+from tests.service.jobs.conftest import Worker, api_with_worker, job_env, wait_for, zip_folder
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +25,8 @@ def system(
 ) -> Iterator[tuple[LiveServer, Worker]]:
     data_dir = tmp_path_factory.mktemp("jobs_e2e")
     env, overrides = job_env(store=module_store, data_dir=data_dir, broker=redis_url, queue=queue)
-    worker = Worker(env, data_dir / "worker.log")
-    started = time.perf_counter()
-    worker.start()
-    print(f"\nworker ready in {time.perf_counter() - started:.1f} s")
-    settings = make_settings(module_store, data_dir, job_worker="off", **overrides)
-    try:
-        with LiveServer(settings) as server:
-            yield server, worker
-    finally:
-        worker.stop()
-
-
-@pytest.fixture()
-def client(system: tuple[LiveServer, Worker]) -> Iterator[httpx.Client]:
-    with system[0].client() as c:
-        yield c
+    with api_with_worker(module_store, data_dir, env, overrides) as system:
+        yield system
 
 
 def _held_out(fashion: Path, per_class: int = 5) -> list[tuple[str, str]]:

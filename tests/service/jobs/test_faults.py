@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from momo.store import ModelStore
-from tests.service.helpers import LiveServer, make_settings
-from tests.service.jobs.conftest import Worker, job_env, wait_for
+from tests.service.helpers import LiveServer
+from tests.service.jobs.conftest import Worker, api_with_worker, job_env, wait_for
 
 SLOW = {"epochs": 10, "batch_size": 16, "learning_rate": 1e-3, "early_stopping_patience": 0}  # 100 steps
 
@@ -40,19 +40,8 @@ def system(
     topics = data_dir / "datasets" / "topics"
     topics.mkdir(parents=True)
     shutil.copy(fashion.parent / "wordnet" / "train.jsonl", topics / "train.jsonl")
-    worker = Worker(env, data_dir / "worker.log").start()
-    settings = make_settings(module_store, data_dir, job_worker="off", **overrides)
-    try:
-        with LiveServer(settings) as server:
-            yield server, worker
-    finally:
-        worker.stop()
-
-
-@pytest.fixture()
-def client(system: tuple[LiveServer, Worker]) -> Iterator[httpx.Client]:
-    with system[0].client() as c:
-        yield c
+    with api_with_worker(module_store, data_dir, env, overrides) as system:
+        yield system
 
 
 def _submit(client: httpx.Client, **hyper: Any) -> dict[str, Any]:
