@@ -4,7 +4,9 @@ Arms (each a transformation of one base recipe, so they share data, seeds and to
 - `momo`        — one shared encoder, three pretraining stages, simultaneous updates (the method);
 - `separate`    — FLAVA-style image tower + text tower + fusion encoder (`towers: separate`);
 - `all_at_once` — every pretraining stream and objective from step 0, in one stage of the same
-                  total steps;
+                  total steps (so every stream runs on every step: more samples and compute);
+- `all_at_once_matched` — the same, with each stream's batch scaled by its stage's share of the
+                  steps, so every stream sees the samples it sees in the staged recipe;
 - `alternating` — one stream per step; steps × streams, so each stream sees as many samples;
 - `small`       — the same recipe on `momo-small` (scale).
 The `downstream` stage (VQA head + projection) is the same in every arm. Every arm is evaluated by
@@ -20,15 +22,24 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from training.recipe import Recipe, StageSpec
 
+if TYPE_CHECKING:
+    from momo.store import ModelStore
+
 DEFAULT_ABLATION_RECIPE = Path(__file__).parent / "recipes" / "ablation.yaml"
 DOWNSTREAM = "downstream"
 GROUPS = ("vision", "language", "multimodal", "overall")
+# The evaluation's baselines, as named in tables, and their line colours in the score plot.
+BASELINES = {
+    "random_init": ("random weights", "#c44e52"),
+    "trivial": ("majority / chance", "#55a868"),
+    "feature": ("raw features", None),
+}
 
 
 def _pretraining_and_downstream(recipe: Recipe) -> tuple[list[StageSpec], list[StageSpec]]:
@@ -74,6 +85,33 @@ def arm_all_at_once(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, stages=[merged, *post])
 
 
+def arm_all_at_once_matched(recipe: Recipe) -> Recipe:
+    """All-at-once with the staged recipe's samples per stream (and so about its compute).
+
+    A stream of a stage with `s` of the `S` pretraining steps runs on all `S` steps here, with
+    `batch × s / S` items (at least 2): `steps × batch` per stream matches the staged arm. Contrastive
+    streams then see fewer in-batch negatives per step, which is the price of the match.
+    """
+    pre, _ = _pretraining_and_downstream(recipe)
+    total = sum(s.steps for s in pre)
+    batch_by_stream = {
+        (stage.name, stream.name): max(2, round(stream.batch_size * stage.steps / total))
+        for stage in pre
+        for stream in stage.streams
+    }
+    merged_recipe = arm_all_at_once(recipe)
+    merged = merged_recipe.stages[0]
+    # arm_all_at_once keeps the streams in stage order, renaming repeats; zip them back to their stage.
+    origins = [(stage.name, stream.name) for stage in pre for stream in stage.streams]
+    streams = [
+        dataclasses.replace(stream, batch_size=batch_by_stream[origin])
+        for stream, origin in zip(merged.streams, origins, strict=True)
+    ]
+    return dataclasses.replace(
+        merged_recipe, stages=[dataclasses.replace(merged, streams=streams), *merged_recipe.stages[1:]]
+    )
+
+
 def arm_alternating(recipe: Recipe) -> Recipe:
     """One stream per step (round-robin); steps × streams so every stream sees the same samples."""
     pre, post = _pretraining_and_downstream(recipe)
@@ -92,12 +130,14 @@ ARMS: dict[str, Callable[[Recipe], Recipe]] = {
     "momo": arm_momo,
     "separate": arm_separate,
     "all_at_once": arm_all_at_once,
+    "all_at_once_matched": arm_all_at_once_matched,
     "alternating": arm_alternating,
     "small": arm_small,
 }
 CLAIMS = {
     "separate": "shared vs separate encoders",
-    "all_at_once": "stage-wise vs all-at-once",
+    "all_at_once": "stage-wise vs all-at-once (same steps)",
+    "all_at_once_matched": "stage-wise vs all-at-once (same samples per stream)",
     "alternating": "simultaneous vs alternating updates",
     "small": "scale (tiny vs small)",
 }
@@ -154,7 +194,46 @@ def markdown_table(table: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(table: dict[str, dict[str, Any]], runs: list[ArmRun], out_dir: Path) -> list[Path]:
+def task_table(runs: list[ArmRun]) -> str:
+    """Rows = arms, columns = each task's primary metric (mean over seeds, %): where a macro moves."""
+    columns = list(dict.fromkeys((r["task"], r["metric"]) for run in runs for r in run.rows if r["primary"]))
+    lines = [
+        "| arm | " + " | ".join(f"{task} ({metric})" for task, metric in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for arm in dict.fromkeys(run.arm for run in runs):
+        cells = []
+        for task, metric in columns:
+            values = [
+                r["model"]
+                for run in runs
+                if run.arm == arm
+                for r in run.rows
+                if (r["task"], r["metric"]) == (task, metric) and r["model"] is not None
+            ]
+            cells.append(f"{100 * statistics.fmean(values):.1f}" if values else "–")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    # The evaluation's baselines, from whichever run computed them (random weights: the first one).
+    for key, (label, _) in BASELINES.items():
+        cells = []
+        for task, metric in columns:
+            values = [
+                r[key]
+                for run in runs
+                for r in run.rows
+                if (r["task"], r["metric"]) == (task, metric) and r.get(key) is not None
+            ]
+            cells.append(f"{100 * values[0]:.1f}" if values else "–")
+        lines.append(f"| *{label}* | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(
+    table: dict[str, dict[str, Any]],
+    runs: list[ArmRun],
+    out_dir: Path,
+    baselines: dict[str, dict[str, float | None]] | None = None,
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,6 +254,15 @@ def plot(table: dict[str, dict[str, Any]], runs: list[ArmRun], out_dir: Path) ->
             capsize=4,
             color=["#4c72b0" if a == "momo" else "#999999" for a in arms],
         )
+        # The same command's baselines, so a bar is read against what no training already gives.
+        drawn = False
+        for name, (label, colour) in BASELINES.items():
+            value = (baselines or {}).get(name, {}).get(group)
+            if value is not None and colour is not None:
+                ax.axhline(100 * value, color=colour, linestyle="--", linewidth=1, label=label)
+                drawn = True
+        if drawn:
+            ax.legend(fontsize=7, loc="upper right")
         ax.set_title(f"{group} (macro avg, %)")
         ax.tick_params(axis="x", rotation=35)
     fig.tight_layout()
@@ -207,6 +295,28 @@ def plot(table: dict[str, dict[str, Any]], runs: list[ArmRun], out_dir: Path) ->
     plt.close(fig)
     written.append(path)
     return written
+
+
+def _ran_recipe(run_dir: Path, recipe: Recipe) -> bool | None:
+    """Whether `run_dir` was trained with `recipe` (None: nothing was trained there yet)."""
+    from training.recipe import load_recipe
+
+    saved = run_dir / "recipe.yaml"
+    if not saved.exists():
+        return None
+    return load_recipe(saved).to_dict() == recipe.to_dict()
+
+
+def _is_same_run(run: ArmRun, recipe: Recipe, store: ModelStore) -> bool:
+    from momo.store import StoreError
+
+    if not _ran_recipe(Path(run.run_dir), recipe):
+        return False
+    try:
+        store.resolve(run.reference)
+    except StoreError:
+        return False
+    return True
 
 
 def run_ablation(
@@ -260,10 +370,32 @@ def run_ablation(
     runs: list[ArmRun] = []
     baselines: dict[str, Any] = {}
     plan = [(arm, seed) for arm in arms for seed in (seeds if arm in key_arms else seeds[:1])]
+    # An interrupted or extended study picks up where it was: a finished (arm, seed) is reused when
+    # its run directory holds the very recipe planned now and its model is still in the store.
+    runs_path = out_dir / "ablation_runs.json"
+    finished: dict[tuple[str, int], ArmRun] = {}
+    if runs_path.exists():
+        finished = {(r.arm, r.seed): r for r in (ArmRun(**raw) for raw in json.loads(runs_path.read_text()))}
+    # Baselines depend on the evaluation settings only; a previous report's are kept when those match.
+    eval_record = json.loads(json.dumps(eval_settings or {}))
+    report_path = out_dir / "ablation.json"
+    if report_path.exists():
+        previous_report = json.loads(report_path.read_text())
+        if previous_report.get("eval_settings") == eval_record:
+            baselines = previous_report.get("baselines_macro") or {}
     for index, (arm, seed) in enumerate(plan, start=1):
         recipe = dataclasses.replace(ARMS[arm](base), seed=seed, name=f"ablation-{arm}")
         run_dir = out_dir / "runs" / f"{arm}-seed{seed}"
+        previous = finished.get((arm, seed))
+        if previous is not None and _is_same_run(previous, recipe, store):
+            log(f"[{index}/{len(plan)}] arm {arm} seed {seed}: reused from {run_dir}")
+            runs.append(previous)
+            continue
         log(f"[{index}/{len(plan)}] arm {arm} seed {seed}: {sum(s.steps for s in recipe.stages)} steps")
+        if _ran_recipe(run_dir, recipe) is False:
+            # Its checkpoints belong to another recipe (e.g. another --budget): resuming would mix them.
+            log(f"{run_dir} was trained with another recipe: training this arm from scratch")
+            shutil.rmtree(run_dir)
         started = time.perf_counter()
         result = run_pretraining(
             recipe,
@@ -275,31 +407,30 @@ def run_ablation(
         )
         wall = time.perf_counter() - started
         assert result.reference is not None
-        # Baselines (random weights, majority, raw features) once, beside the reference arm.
-        settings_arm = dataclasses.replace(settings, random_baseline=index == 1, seed=0)
+        # Baselines (random weights, majority, raw features) once, beside the first arm evaluated.
+        settings_arm = dataclasses.replace(settings, random_baseline=not baselines, seed=0)
         evaluation = evaluate(store.load(result.reference), settings_arm, log=log)
-        runs.append(
-            ArmRun(
-                arm,
-                seed,
-                result.reference,
-                count_parameters(recipe.model_config()),
-                result.wall_seconds or wall,
-                {g: evaluation.macro["model"].get(g) for g in GROUPS},
-                [dataclasses.asdict(r) for r in evaluation.rows],
-                str(run_dir),
-            )
+        run = ArmRun(
+            arm,
+            seed,
+            result.reference,
+            count_parameters(recipe.model_config()),
+            result.wall_seconds or wall,
+            {g: evaluation.macro["model"].get(g) for g in GROUPS},
+            [dataclasses.asdict(r) for r in evaluation.rows],
+            str(run_dir),
         )
-        if index == 1:
+        runs.append(run)
+        if not baselines:
             baselines = {c: evaluation.macro.get(c, {}) for c in ("random_init", "trivial", "feature")}
-        (out_dir / "ablation_runs.json").write_text(
-            json.dumps([dataclasses.asdict(r) for r in runs], indent=2)
-        )
+        finished[(arm, seed)] = run
+        runs_path.write_text(json.dumps([dataclasses.asdict(r) for r in finished.values()], indent=2))
     table = summarise(runs)
     report = {
         "budget": budget,
         "seeds": seeds,
         "key_arms": key_arms,
+        "eval_settings": eval_record,
         "claims": CLAIMS,
         "table": table,
         "baselines_macro": baselines,
@@ -307,8 +438,11 @@ def run_ablation(
     }
     (out_dir / "ablation.json").write_text(json.dumps(report, indent=2))
     markdown = markdown_table(table)
-    (out_dir / "ablation.md").write_text(markdown + "\n")
-    plot(table, runs, out_dir)
+    per_task = task_table(runs)
+    (out_dir / "ablation.md").write_text(
+        f"{markdown}\n\nPer task (primary metric, mean over seeds, %):\n\n{per_task}\n"
+    )
+    plot(table, runs, out_dir, baselines)
     return report
 
 
