@@ -42,7 +42,9 @@ def test_help_everywhere() -> None:
     # The installed entry point lists the training and service commands too.
     proc = subprocess.run(
         [sys.executable, "-c", "import sys; sys.argv=['momo','--help']; from momo.cli import main; main()"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for command in ("models", "pretrain", "data", "serve"):

@@ -36,7 +36,6 @@ def test_batch_encode_cls_sep_padding_truncation(test_tokenizer: MoMoTokenizer) 
     assert test_tokenizer.encode_batch([""], 8).num_tokens == [2]
 
 
-
 def test_ids_are_numbered_canonically(sample_corpus) -> None:
     # HF's trainer numbers tied tokens differently from run to run; ours renumbers canonically
     # (specials first, then sorted), so one learned token set always gets the same ids.
