@@ -42,6 +42,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check momo training service tests benchmarks
+	$(VENV)/bin/ruff format --check momo training service tests benchmarks
 	$(VENV)/bin/mypy momo training service
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
