@@ -149,6 +149,18 @@ def _get(url: str, headers: dict[str, str] | None = None, body: Any = None) -> t
         return exc.code, json.loads(exc.read() or b"null")
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (what `docker stop` sends), then a kill if it has not exited within a minute."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _wait_for(url: str, proc: subprocess.Popen[bytes], log: Path, deadline_s: float) -> int:
     deadline = time.monotonic() + deadline_s
     status = 0
@@ -191,13 +203,7 @@ def served(api_venv: Path, tmp_path: Path, test_config: Any, test_tokenizer: Any
     try:
         yield {"proc": proc, "url": f"http://127.0.0.1:{port}", "env": env, "log": log, "tmp": tmp_path}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
 
 
 def test_api_install_serves_health_ready_and_requests(
@@ -314,9 +320,4 @@ def test_worker_runs_and_passes_its_healthcheck(worker_venv: Path, tmp_path: Pat
                 break
         assert up.returncode == 0, f"{up.stderr}\n{log.read_text()[-3000:]}"
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        _stop(worker)
