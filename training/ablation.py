@@ -94,18 +94,15 @@ def arm_all_at_once_matched(recipe: Recipe) -> Recipe:
     """
     pre, _ = _pretraining_and_downstream(recipe)
     total = sum(s.steps for s in pre)
-    batch_by_stream = {
-        (stage.name, stream.name): max(2, round(stream.batch_size * stage.steps / total))
-        for stage in pre
-        for stream in stage.streams
-    }
+    batches = [
+        max(2, round(stream.batch_size * stage.steps / total)) for stage in pre for stream in stage.streams
+    ]
     merged_recipe = arm_all_at_once(recipe)
     merged = merged_recipe.stages[0]
-    # arm_all_at_once keeps the streams in stage order, renaming repeats; zip them back to their stage.
-    origins = [(stage.name, stream.name) for stage in pre for stream in stage.streams]
+    # arm_all_at_once keeps the streams in stage order, so they line up with `batches`.
     streams = [
-        dataclasses.replace(stream, batch_size=batch_by_stream[origin])
-        for stream, origin in zip(merged.streams, origins, strict=True)
+        dataclasses.replace(stream, batch_size=batch)
+        for stream, batch in zip(merged.streams, batches, strict=True)
     ]
     return dataclasses.replace(
         merged_recipe, stages=[dataclasses.replace(merged, streams=streams), *merged_recipe.stages[1:]]
