@@ -96,7 +96,9 @@ def test_only_a_bearer_token_with_a_configured_key_opens_the_api(model_store: Pa
     settings = make_settings(model_store, tmp_path)
     with LiveServer(settings) as live:
         for header in ("Bearer", "Bearer x y", f"bearer {API_KEY}x", f"Basic {API_KEY}", f"{API_KEY}"):
-            r = httpx.post(f"{live.url}/v1/embeddings", json={"input": "x"}, headers={"Authorization": header})
+            r = httpx.post(
+                f"{live.url}/v1/embeddings", json={"input": "x"}, headers={"Authorization": header}
+            )
             assert r.status_code == 401, header
         r = httpx.post(
             f"{live.url}/v1/embeddings", json={"input": "x"}, headers={"Authorization": f"bearer {API_KEY}"}
