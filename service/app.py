@@ -19,8 +19,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.auth import APIKeyMiddleware
-from service.deps import Services, declare_bearer_auth
+from service.auth import APIKeyMiddleware, declare_bearer_auth
+from service.deps import Services
 from service.engine import Engine, freeze_heap
 from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.test_hooks:
         app.include_router(ops.hooks)
-    declare_bearer_auth(app)
+    declare_bearer_auth(app, public_paths(settings))
     # add_middleware prepends: the last one added runs first (outermost).
     # the body limit, with dataset uploads (POST /v1/files) streamed under their own max_upload_bytes
     app.add_middleware(

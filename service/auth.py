@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from typing import Any
 
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -55,3 +58,30 @@ class APIKeyMiddleware:
             else "invalid API key"
         )
         await send_json(send, 401, error_body(401, message, code), [CHALLENGE])
+
+
+def declare_bearer_auth(app: FastAPI, public_paths: Iterable[str]) -> None:
+    """Declare the Bearer scheme in the OpenAPI document on every operation that needs a key, so
+    /docs can send one."""
+    public = frozenset(public_paths)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key from MOMO_API_KEYS.",
+                }
+            }
+            for path, operations in schema.get("paths", {}).items():
+                if path not in public:
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.utils import get_openapi
+from fastapi import Depends, Request
 
 from service.engine import Engine, ModelHandle
 from service.metrics import Metrics
@@ -79,28 +78,3 @@ async def get_model(services: ServicesDep) -> AsyncIterator[ModelHandle]:
 
 
 ModelDep = Annotated[ModelHandle, Depends(get_model)]
-
-
-def declare_bearer_auth(app: FastAPI, prefixes: tuple[str, ...] = ("/v1/",)) -> None:
-    """Add the Bearer security scheme to the OpenAPI document for the authenticated routes."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "An API key from MOMO_API_KEYS.",
-                }
-            }
-            for path, operations in schema.get("paths", {}).items():
-                if path.startswith(prefixes):
-                    for operation in operations.values():
-                        operation["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -76,6 +76,7 @@ def test_any_text_in_any_field_is_never_a_5xx(props: LiveServer, field: str) -> 
             max_examples=30,
             deadline=None,
             derandomize=True,  # seeded: the same examples on every run
+            database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
         @given(text=TEXT)
