@@ -34,7 +34,10 @@ FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "embeddings.user": ("/v1/embeddings", lambda t: {"input": "x", "user": t}),
     "classify.input": ("/v1/classify", lambda t: {"input": t, "labels": ["a", "b"]}),
     "classify.labels": ("/v1/classify", lambda t: {"input": "x", "labels": ["a", t]}),
-    "classify.template": ("/v1/classify", lambda t: {"input": "x", "labels": ["a"], "template": t + "{label}"}),
+    "classify.template": (
+        "/v1/classify",
+        lambda t: {"input": "x", "labels": ["a"], "template": t + "{label}"},
+    ),
     "classify.head": ("/v1/classify", lambda t: {"input": "x", "head": t}),
     "vqa.question": ("/v1/vqa", lambda t: {"image": IMAGE, "question": t}),
     "collections.name": ("/v1/collections", lambda t: {"name": t}),
@@ -49,7 +52,10 @@ FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "items.delete": ("/v1/collections/props/items/delete", lambda t: {"ids": [t]}),
     "search.query": ("/v1/collections/props/search", lambda t: {"query": t}),
     "search.query.text": ("/v1/collections/props/search", lambda t: {"query": {"text": t}}),
-    "search.filter": ("/v1/collections/props/search", lambda t: {"query": "x", "filter": {"metadata": {t: t}}}),
+    "search.filter": (
+        "/v1/collections/props/search",
+        lambda t: {"query": "x", "filter": {"metadata": {t: t}}},
+    ),
     "fine-tunes.dataset_path": ("/v1/fine-tunes", lambda t: {"task": "vqa", "dataset_path": t}),
     "fine-tunes.model": ("/v1/fine-tunes", lambda t: {"task": "vqa", "dataset_path": "none", "model": t}),
     "fine-tunes.output_name": (
