@@ -218,8 +218,8 @@ class BatchQueue:
                     self._run_batch(batch)
                 batch = []
         except BaseException as exc:
-            reason = f"the inference worker died ({type(exc).__name__}: {exc})"
-            log.error("batch worker %s died: %r", self.name, exc)
+            reason = "the inference worker died (see the server log)"  # clients see this; the log has why
+            log.exception("batch worker %s died: %r", self.name, exc)
             with self._cond:
                 self._dead_reason = reason
             dead = WorkerDead(self.name, reason)
