@@ -77,22 +77,14 @@ class RequestModel(BaseModel):
         return data
 
 
-def model_reference(value: str, param: str) -> str:
-    """`value` if it is a model reference (`name` or `name:version`), else 400 naming `param`."""
+def model_reference(value: str, param: str, *, name_only: bool = False) -> str:
+    """`value` if it is a model reference (`name` or `name:version`; only a name with `name_only`),
+    else 400 `invalid_model_reference` naming `param`."""
     try:
-        parse_reference(value)
+        check_name(value) if name_only else parse_reference(value)
     except InvalidReference as exc:
         raise APIError(400, str(exc), "invalid_model_reference", param=param) from None
     return value
 
 
-def model_name(value: str, param: str) -> str:
-    """`value` if it is a model name, else 400 naming `param`."""
-    try:
-        check_name(value)
-    except InvalidReference as exc:
-        raise APIError(400, str(exc), "invalid_model_reference", param=param) from None
-    return value
-
-
-__all__ = ["RequestModel", "invalid_unicode", "model_name", "model_reference"]
+__all__ = ["RequestModel", "invalid_unicode", "model_reference"]

@@ -27,7 +27,7 @@ from service.errors import APIError, unavailable
 from service.jobs.datasets import DatasetError, Limits, dataset_for_task, resolve_dataset_path, store_upload
 from service.jobs.schemas import FileObject, FineTuneJob, FineTuneList, FineTuneRequest
 from service.jobs.service import BrokerUnavailable, JobService
-from service.validation import model_name, model_reference
+from service.validation import model_reference
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -92,7 +92,7 @@ def _prepare(body: FineTuneRequest, jobs: JobService) -> dict[str, Any]:
     if body.model != "active":
         model_reference(body.model, "model")
     if body.output_name is not None:
-        model_name(body.output_name, "output_name")
+        model_reference(body.output_name, "output_name", name_only=True)
     store = ModelStore(settings.model_store)
     try:
         base = store.reference_of(store.resolve(None if body.model == "active" else body.model))
