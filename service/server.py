@@ -15,7 +15,8 @@
   stalled clients can hold.
 
 The header timeout is a subclass of uvicorn's httptools protocol (uvicorn accepts a protocol class
-as `http`), hooked on the parser callbacks that mark the start and the end of a request head.
+as `http`; httptools comes with uvicorn[standard]), hooked on the parser callbacks that mark the
+start and the end of a request head. tests/service/test_connections.py holds it to that.
 """
 
 from __future__ import annotations

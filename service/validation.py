@@ -81,7 +81,10 @@ def model_reference(value: str, param: str, *, name_only: bool = False) -> str:
     """`value` if it is a model reference (`name` or `name:version`; only a name with `name_only`),
     else 400 `invalid_model_reference` naming `param`."""
     try:
-        check_name(value) if name_only else parse_reference(value)
+        if name_only:
+            check_name(value)
+        else:
+            parse_reference(value)
     except InvalidReference as exc:
         raise APIError(400, str(exc), "invalid_model_reference", param=param) from None
     return value
