@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store, reference = ModelStore(args.store), args.model
         try:
-            store.resolve(reference)
+            store.locate(reference)
         except StoreError:
             if args.model is not None:
                 raise

@@ -365,7 +365,7 @@ def main() -> None:
     cache = work / "cache"
     try:
         try:
-            path = ModelStore(args.store).resolve(args.model)
+            path = ModelStore(args.store).locate(args.model)
             store, reference, source = args.store, ModelStore(args.store).reference_of(path), "store"
         except StoreError:
             store, reference = random_store(work / "store", args.preset)

@@ -58,7 +58,7 @@ def models_show(
 ) -> None:
     """Config, heads and manifest of one version (hashes verified)."""
     try:
-        artifact = load_artifact(ModelStore(store).resolve(reference))
+        artifact = load_artifact(ModelStore(store).locate(reference))
     except (StoreError, ArtifactError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -1,5 +1,11 @@
 """The model registry on disk: `model_store/<name>/<version>/` plus an `active.json` pointer.
 
+A *reference* names a version: `name` (its active or latest version) or `name:version`, where a
+name is 1-64 of letters, digits, `.`, `_`, `-` starting with a letter or digit, and a version is `v`
+and a number. `resolve` accepts nothing else, so `..`, `.`, slashes and NUL never reach the file
+system; `locate` also takes a directory path (command lines and server configuration, never the
+API). Messages name references, not the store's location on disk.
+
 Registration is atomic: a version is written into a hidden temp directory inside the store and
 then renamed into place; `rename` onto an existing non-empty directory fails, so two concurrent
 registrations can never share (or half-write) a version number. The active pointer is replaced
@@ -29,12 +35,40 @@ from momo.artifact import (
 
 ACTIVE_FILE = "active.json"
 DEFAULT_STORE = Path(os.environ.get("MOMO_MODEL_STORE", "model_store"))
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+VERSION_PATTERN = r"v[0-9]{1,9}"
+_NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 _VERSION_RE = re.compile(r"^v(\d+)$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_REFERENCE_RE = re.compile(rf"^({NAME_PATTERN})(?::({VERSION_PATTERN}))?$")
 
 
 class StoreError(RuntimeError):
     """A reference that does not resolve, or an invalid store operation."""
+
+
+class InvalidReference(StoreError, ValueError):
+    """Text that is not a model reference (`name` or `name:version`) or not a model name."""
+
+
+def parse_reference(reference: str) -> tuple[str, str | None]:
+    """`name` -> (name, None); `name:version` -> (name, version); anything else: InvalidReference."""
+    match = _REFERENCE_RE.fullmatch(reference) if isinstance(reference, str) else None
+    if match is None:
+        raise InvalidReference(
+            f"{reference!r} is not a model reference: use name or name:version (a name is 1-64 letters, "
+            "digits, '.', '_' or '-' starting with a letter or digit; a version is v<number>)"
+        )
+    return match.group(1), match.group(2)
+
+
+def check_name(name: str) -> str:
+    """A model name (the part before ':'), or InvalidReference."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidReference(
+            f"{name!r} is not a model name (1-64 letters, digits, '.', '_' or '-' starting with a "
+            "letter or digit)"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -106,29 +140,34 @@ class ModelStore:
 
     def resolve(self, reference: str | None = None) -> Path:
         """`None`/"active" -> the active version; "name" -> its active or latest version;
-        "name:version" -> that version; an existing directory path -> itself."""
+        "name:version" -> that version. Anything else raises InvalidReference."""
         if reference in (None, "", "active"):
             active = self.active()
             if active is None:
-                raise StoreError(f"no active model in {self.root}; run `momo models activate NAME:VERSION`")
+                raise StoreError("no active model in the store; run `momo models activate NAME:VERSION`")
             return self.root / active[0] / active[1]
         assert reference is not None
-        candidate = Path(reference)
-        if (candidate / MANIFEST_FILE).is_file() and (os.sep in reference or reference.startswith(".")):
-            return candidate
-        name, _, version = reference.partition(":")
-        if not version:
+        name, version = parse_reference(reference)
+        if version is None:
             versions = self.versions(name)
             if not versions:
-                raise StoreError(f"no model named {name!r} in {self.root} (known: {self.names() or 'none'})")
+                raise StoreError(f"no model named {name!r} in the store (known: {self.names() or 'none'})")
             active = self.active()
             version = active[1] if active and active[0] == name else versions[-1]
         path = self.root / name / version
         if not path.is_dir():
             raise StoreError(
-                f"no version {version!r} of {name!r} in {self.root} (known: {self.versions(name)})"
+                f"no version {version!r} of {name!r} in the store (known: {self.versions(name)})"
             )
         return path
+
+    def locate(self, reference_or_path: str | None = None) -> Path:
+        """`resolve`, or a directory that holds an artifact (for command lines and configuration)."""
+        if reference_or_path and (os.sep in reference_or_path or reference_or_path.startswith(".")):
+            candidate = Path(reference_or_path)
+            if (candidate / MANIFEST_FILE).is_file():
+                return candidate
+        return self.resolve(reference_or_path)
 
     def load(self, reference: str | None = None) -> Artifact:
         return load_artifact(self.resolve(reference))
@@ -140,8 +179,7 @@ class ModelStore:
     def register(self, name: str, write: Callable[[Path, str], Any]) -> VersionInfo:
         """Create the next version of `name`: `write(tmp_dir, version)` fills a temp directory,
         which is verified and renamed into place. A failure leaves no version behind."""
-        if not _NAME_RE.match(name):
-            raise StoreError(f"invalid model name {name!r}")
+        check_name(name)
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=model_dir))
@@ -172,6 +210,6 @@ class ModelStore:
         load_artifact(path)  # never point at a broken artifact
         name, version = path.parent.name, path.name
         if path.parent.parent.resolve() != self.root.resolve():
-            raise StoreError(f"{reference} is not inside the store {self.root}")
+            raise StoreError(f"{reference} is not inside the store")
         write_json_atomic(self.root / ACTIVE_FILE, {"name": name, "version": version})
         return VersionInfo(name, version, path, True, None, None)

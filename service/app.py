@@ -19,7 +19,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.deps import Authorized, Services, declare_bearer_auth
+from service.auth import APIKeyMiddleware, declare_bearer_auth
+from service.deps import Services
 from service.engine import Engine, freeze_heap
 from service.errors import install_error_handlers
 from service.jobs import router as jobs_router
@@ -28,6 +29,7 @@ from service.jobs.uploads import UploadBodyLimitMiddleware
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.responses import JSONResponse
 from service.retrieval import CollectionStore
 from service.routers import classify, collections, embeddings, models, ops, vqa
 from service.settings import Settings
@@ -90,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if settings.docs_enabled else None,
         redoc_url="/redoc" if settings.docs_enabled else None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
+        default_response_class=JSONResponse,  # service/responses.py: lone surrogates never fail a response
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -100,8 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jobs = jobs
 
     install_error_handlers(app)
-    app.include_router(ops.router)
     for router in (
+        ops.router,
         embeddings.router,
         collections.router,
         classify.router,
@@ -109,10 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models.router,
         jobs_router.router,
     ):
-        app.include_router(router, dependencies=[Authorized])
+        app.include_router(router)
     if settings.test_hooks:
         app.include_router(ops.hooks)
-    declare_bearer_auth(app)
+    declare_bearer_auth(app, public_paths(settings))
     # add_middleware prepends: the last one added runs first (outermost).
     # the body limit, with dataset uploads (POST /v1/files) streamed under their own max_upload_bytes
     app.add_middleware(
@@ -120,5 +123,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
     )
+    if settings.auth_enabled:  # outside the body limit: a request without a key never reaches it
+        app.add_middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=public_paths(settings))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
+
+
+def public_paths(settings: Settings) -> set[str]:
+    """The paths served without an API key; every other one needs a key (deny by default)."""
+    paths = {"/health", "/ready"}
+    if settings.docs_enabled:
+        paths |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    if not settings.metrics_auth:
+        paths.add("/metrics")
+    return paths

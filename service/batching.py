@@ -58,6 +58,10 @@ class _Item:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+def _unloaded(op: str, payloads: list[Any]) -> Sequence[Any]:
+    raise RuntimeError("the queue was stopped")
+
+
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
     if future.done():  # cancelled (client went away) or already failed
         return
@@ -121,6 +125,12 @@ class BatchQueue:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         self._fail_pending(WorkerDead(self.name, "the model was unloaded"))
+        if not self._thread.is_alive():
+            # Let go of the model: `process` is usually a bound method of the object that owns this
+            # queue, a reference cycle that only the cyclic GC could break (and it never looks at
+            # objects frozen by gc.freeze()). A stopped queue takes no work, so nothing calls these.
+            self._process = _unloaded
+            self._in_flight = None
 
     def kill_for_test(self) -> None:
         """Test hook: make the worker thread die as an unexpected crash would."""
@@ -208,8 +218,8 @@ class BatchQueue:
                     self._run_batch(batch)
                 batch = []
         except BaseException as exc:
-            reason = f"the inference worker died ({type(exc).__name__}: {exc})"
-            log.error("batch worker %s died: %r", self.name, exc)
+            reason = "the inference worker died (see the server log)"  # clients see this; the log has why
+            log.exception("batch worker %s died: %r", self.name, exc)
             with self._cond:
                 self._dead_reason = reason
             dead = WorkerDead(self.name, reason)

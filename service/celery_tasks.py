@@ -9,7 +9,9 @@ One delivery of the task = one attempt at the job:
    next step. Progress and metrics go into the record (at most once a second), milestones into
    its events.
 3. write the final state: succeeded (with the new version), cancelled (nothing registered), or
-   failed with the error (a malformed dataset names the file and line).
+   failed with an error code and a message for the client: a malformed dataset names the file
+   (relative to the data root) and line; an unexpected exception gets a fixed message pointing at
+   the worker's log, which has the traceback. No message shows exception text or server paths.
 Exceptions are turned into a failed record rather than re-raised: a deterministic failure must not be
 retried. Only a lost worker process is retried (acks_late + reject_on_worker_lost requeue the
 message; the stale-job sweeper covers a lost message).
@@ -81,6 +83,16 @@ class Heartbeat(threading.Thread):
 
 def _hyperparameters(params: dict[str, Any]) -> dict[str, Any]:
     return dict(params.get("hyperparameters") or {})
+
+
+def client_message(message: str, settings: JobSettings) -> str:
+    """`message` without the server's paths: the data root's own (callers name datasets relative to
+    it) and the model store's are cut off; the rest of a path under them stays."""
+    roots = (settings.resolved_data_root, settings.model_store.expanduser().absolute())
+    forms = sorted({str(p) for root in roots for p in (root, root.resolve())}, key=len, reverse=True)
+    for form in forms:
+        message = message.replace(form + os.sep, "").replace(form, ".")
+    return message
 
 
 def run_job(job_id: str, settings: JobSettings) -> dict[str, Any]:
@@ -168,12 +180,16 @@ def run_job(job_id: str, settings: JobSettings) -> dict[str, Any]:
             error_code="time_limit",
         )
     except DataFormatError as exc:
-        store.finish(job_id, me, "failed", error=f"invalid dataset: {exc}", error_code="invalid_dataset")
+        message = client_message(f"invalid dataset: {exc}", settings)
+        store.finish(job_id, me, "failed", error=message, error_code="invalid_dataset")
     except (FinetuneError, StoreError, ArtifactError) as exc:
-        store.finish(job_id, me, "failed", error=str(exc), error_code="invalid_job")
-    except Exception as exc:
+        store.finish(job_id, me, "failed", error=client_message(str(exc), settings), error_code="invalid_job")
+    except Exception:
         log.exception("job %s failed", job_id)
-        store.finish(job_id, me, "failed", error=f"{type(exc).__name__}: {exc}", error_code="internal_error")
+        message = (
+            f"the fine-tune failed with an internal error; the worker's log has the details (job {job_id})"
+        )
+        store.finish(job_id, me, "failed", error=message, error_code="internal_error")
     else:
         flush()
         metrics = {**result.metrics(), "running": dict(running)}

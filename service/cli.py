@@ -47,6 +47,7 @@ def _serve(**flags: Any) -> None:
 
     from momo.store import ModelStore, StoreError
     from service.app import create_app
+    from service.server import uvicorn_config
 
     overrides = {k: v for k, v in flags.items() if v is not None}
     try:
@@ -59,7 +60,7 @@ def _serve(**flags: Any) -> None:
 
     store = ModelStore(settings.model_store)
     try:
-        path = store.resolve(settings.model)
+        path = store.locate(settings.model)
         model_line = f"model: {store.reference_of(path)} ({path}), {settings.runtime} on {settings.device}"
     except StoreError as exc:
         model_line = (
@@ -76,14 +77,7 @@ def _serve(**flags: Any) -> None:
     typer.echo(f"  {model_line}")
     typer.echo(f"  {auth}")
     typer.echo(f"  collections: {settings.data_dir / 'collections'}")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.request_timeout_s),
-    )
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
 
 
 def _flag_parameters(fields: dict[str, Any]) -> list[inspect.Parameter]:

@@ -6,16 +6,13 @@ request that the hot path does not need (none of these block).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.utils import get_openapi
+from fastapi import Depends, Request
 
 from service.engine import Engine, ModelHandle
-from service.errors import APIError
 from service.metrics import Metrics
 from service.retrieval import CollectionStore
 from service.settings import Settings
@@ -81,52 +78,3 @@ async def get_model(services: ServicesDep) -> AsyncIterator[ModelHandle]:
 
 
 ModelDep = Annotated[ModelHandle, Depends(get_model)]
-
-
-async def require_api_key(request: Request, services: ServicesDep) -> None:
-    """`Authorization: Bearer <key>` must carry one of the configured keys (unless auth is disabled).
-
-    The header is read directly (not through `HTTPBearer`: one dependency less per request); the
-    Bearer scheme is declared in the OpenAPI document by `declare_bearer_auth`, so /docs can send it.
-    """
-    settings = services.settings
-    if settings.auth_disabled:
-        return
-    challenge = {"WWW-Authenticate": "Bearer"}
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if not token or scheme.lower() != "bearer":
-        raise APIError(
-            401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key", headers=challenge
-        )
-    given = token.encode("utf-8")
-    if not any(hmac.compare_digest(given, key.encode("utf-8")) for key in settings.api_keys):
-        raise APIError(401, "invalid API key", "invalid_api_key", headers=challenge)
-
-
-Authorized = Depends(require_api_key)
-
-
-def declare_bearer_auth(app: FastAPI, prefixes: tuple[str, ...] = ("/v1/",)) -> None:
-    """Add the Bearer security scheme to the OpenAPI document for the authenticated routes."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "An API key from MOMO_API_KEYS.",
-                }
-            }
-            for path, operations in schema.get("paths", {}).items():
-                if path.startswith(prefixes):
-                    for operation in operations.values():
-                        operation["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -27,6 +27,7 @@ from service.errors import APIError, bad_request
 from service.schemas import Item
 from service.settings import Settings
 from service.urls import ImageFetcher
+from service.validation import model_reference
 
 Modality = Literal["text", "image"]
 SIZE_CODES = ("image_too_large_bytes", "image_too_many_pixels")
@@ -51,6 +52,7 @@ def check_model(handle: ModelHandle, requested: str | None) -> None:
     """A request's `model` must name the served model (or be a generic alias)."""
     if requested is None or requested.strip().lower() in MODEL_ALIASES:
         return
+    model_reference(requested, "model")
     if requested in (handle.name, handle.reference):
         return
     raise APIError(

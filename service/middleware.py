@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -14,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import error_body
 from service.logs import request_id_var
 from service.metrics import Metrics
+from service.responses import encode_json
 
 access_log = logging.getLogger("momo.service.access")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -22,7 +22,7 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 async def send_json(
     send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
 ) -> None:
-    payload = json.dumps(body).encode("utf-8")
+    payload = encode_json(body)
     await send(
         {
             "type": "http.response.start",

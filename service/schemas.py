@@ -1,10 +1,15 @@
-"""Request and response bodies (pydantic). Field docs show up in /docs."""
+"""Request and response bodies (pydantic). Field docs show up in /docs.
+
+Every request body derives from `RequestModel` (service/validation.py): invalid Unicode anywhere in
+it is a 400 naming the field, before any field is validated."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.validation import RequestModel
 
 Modality = Literal["text", "image"]
 
@@ -28,7 +33,7 @@ InputValue = str | Item | int | list[int]
 
 
 # --- embeddings -----------------------------------------------------------------------------------
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(RequestModel):
     model_config = ConfigDict(extra="ignore")
     input: str | list[InputValue] = Field(
         ...,
@@ -62,7 +67,7 @@ class EmbeddingResponse(BaseModel):
 
 
 # --- classification -------------------------------------------------------------------------------
-class ClassifyRequest(BaseModel):
+class ClassifyRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
     input: str | Item | list[str | Item] = Field(..., description="One input or a list.")
     modality: Modality | None = None
@@ -96,7 +101,7 @@ class ClassifyResponse(BaseModel):
 
 
 # --- VQA ------------------------------------------------------------------------------------------
-class VQARequest(BaseModel):
+class VQARequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(..., description="base64, a data:image URI, or an http(s) URL (when enabled).")
     question: str
@@ -117,7 +122,7 @@ class VQAResponse(BaseModel):
 
 
 # --- collections ----------------------------------------------------------------------------------
-class CollectionCreate(BaseModel):
+class CollectionCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., description="1-64 of letters, digits, '.', '_', '-'.")
     description: str | None = Field(None, max_length=2000)
@@ -162,7 +167,7 @@ class CollectionItemIn(BaseModel):
         return self
 
 
-class ItemsAdd(BaseModel):
+class ItemsAdd(RequestModel):
     model_config = ConfigDict(extra="forbid")
     items: list[CollectionItemIn]
 
@@ -176,7 +181,7 @@ class ItemsAdded(BaseModel):
     usage: Usage
 
 
-class ItemsDelete(BaseModel):
+class ItemsDelete(RequestModel):
     model_config = ConfigDict(extra="forbid")
     ids: list[str]
 
@@ -202,7 +207,7 @@ class SearchFilter(BaseModel):
     metadata: dict[str, Any] | None = Field(None, description="Only items whose metadata has these values.")
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(RequestModel):
     model_config = ConfigDict(extra="forbid")
     query: str | Item = Field(..., description="A text, a data:image URI, or {'image': ...} / {'text': ...}.")
     top_k: int = Field(10, ge=1)

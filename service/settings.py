@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from service.jobs.settings import JobSettings
@@ -23,6 +23,18 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
     # --- network ---------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    # Longer than the idle timeouts of the usual clients and load balancers (httpx 5 s, aiohttp 15 s,
+    # nginx upstream and AWS ALB 60 s, Go 90 s): the client, not the server, should close an idle
+    # connection, or a request can be sent on a connection the server is closing (a reset).
+    keep_alive_timeout_s: float = Field(
+        default=120.0, gt=0, description="Idle keep-alive connections are closed after this long."
+    )
+    header_timeout_s: float = Field(
+        default=15.0, gt=0, description="A request head must arrive within this time (slow clients)."
+    )
+    limit_concurrency: int = Field(
+        default=1024, ge=1, description="Connections and requests held at once; above it, 503."
+    )
 
     # --- model -------------------------------------------------------------------------------------
     model_store: Path = Field(default=Path("model_store"), description="Model store directory.")
@@ -48,10 +60,13 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
     max_collection_items: int = Field(default=1_000_000, ge=1, description="Items per collection.")
 
     # --- auth --------------------------------------------------------------------------------------
-    api_keys: Annotated[list[str], NoDecode] = Field(
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Accepted API keys (comma-separated in the environment)."
     )
     auth_disabled: bool = Field(default=False, description="Serve without API keys (local use only).")
+    metrics_auth: bool = Field(
+        default=True, description="/metrics needs an API key too (off: open, e.g. on a private network)."
+    )
 
     # --- micro-batching ----------------------------------------------------------------------------
     batching: bool = Field(default=True, description="Micro-batching on (off = batches of one).")

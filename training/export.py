@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         from momo.store import ModelStore, StoreError
 
         try:
-            path = ModelStore(store).resolve(None if reference == "active" else reference)
+            path = ModelStore(store).locate(None if reference == "active" else reference)
             typer.echo(f"exporting {path} ...")
             report = export_artifact(path, int8=int8, torchscript=torchscript, check_parity=check_parity)
         except (StoreError, ArtifactError, OSError, ValueError) as exc:

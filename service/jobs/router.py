@@ -7,7 +7,8 @@
     GET  /v1/fine-tunes/{id}            state, progress, metrics, result_model, error, events
     POST /v1/fine-tunes/{id}/cancel
 
-Status codes: 422 malformed request (types, bounds, both or neither dataset given); 403 a
+Status codes: 422 malformed request (types, bounds, both or neither dataset given); 400 a `model`
+or `output_name` outside the store's reference grammar (`invalid_model_reference`); 403 a
 dataset_path outside the data root (`..`, absolute elsewhere, symlinks leading out); 404 unknown
 model, file, dataset path or job; 400 a dataset of the wrong shape for the task; 409 cancelling a
 finished job; 413 an upload over `max_upload_bytes`; 503 the broker is down (nothing is recorded —
@@ -26,6 +27,7 @@ from service.errors import APIError, unavailable
 from service.jobs.datasets import DatasetError, Limits, dataset_for_task, resolve_dataset_path, store_upload
 from service.jobs.schemas import FileObject, FineTuneJob, FineTuneList, FineTuneRequest
 from service.jobs.service import BrokerUnavailable, JobService
+from service.validation import model_reference
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -87,6 +89,10 @@ async def get_file(file_id: str, jobs: JobsDep) -> FileObject:
 def _prepare(body: FineTuneRequest, jobs: JobService) -> dict[str, Any]:
     """Resolve the base model and the dataset (blocking file-system work)."""
     settings = jobs.settings
+    if body.model != "active":
+        model_reference(body.model, "model")
+    if body.output_name is not None:
+        model_reference(body.output_name, "output_name", name_only=True)
     store = ModelStore(settings.model_store)
     try:
         base = store.reference_of(store.resolve(None if body.model == "active" else body.model))

@@ -8,12 +8,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from momo.store import NAME_PATTERN, VERSION_PATTERN
 from service.jobs.db import Event, Job, UploadedFile
+from service.validation import RequestModel
 
 Task = Literal["image_classification", "text_classification", "retrieval", "vqa"]
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-MODEL_REF = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(:[A-Za-z0-9._-]{1,64})?$"
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 HEAD = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 FILE_ID = r"^file-[0-9a-f]{24}$"
 
@@ -47,15 +47,18 @@ class Hyperparameters(BaseModel):
     )
 
 
-class FineTuneRequest(BaseModel):
+class FineTuneRequest(RequestModel):
+    """`model` and `output_name` follow the store's reference grammar (the router checks them: 400
+    `invalid_model_reference`); the patterns below document it in the OpenAPI schema."""
+
     model_config = ConfigDict(extra="forbid")
 
     task: Task
     model: str = Field(
         default="active",
-        pattern=MODEL_REF,
         max_length=130,
         description="Base version: name[:version] or 'active'.",
+        json_schema_extra={"pattern": f"^{NAME_PATTERN}(:{VERSION_PATTERN})?$"},
     )
     training_file: str | None = Field(default=None, pattern=FILE_ID, description="An id from POST /v1/files.")
     dataset_path: str | None = Field(
@@ -67,8 +70,9 @@ class FineTuneRequest(BaseModel):
     head: str | None = Field(default=None, pattern=HEAD, description="Head name (default per task).")
     output_name: str | None = Field(
         default=None,
-        pattern=NAME,
+        max_length=64,
         description="Register the result under this model name (default: the base's).",
+        json_schema_extra={"pattern": f"^{NAME_PATTERN}$"},
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 

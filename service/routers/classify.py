@@ -35,23 +35,26 @@ def ranked(
 async def label_embeddings(
     handle: ModelHandle, prompts: list[str], settings: Settings
 ) -> tuple[np.ndarray, int]:
-    """Text embeddings of the prompts, cached per served model (LRU); returns (vectors, tokens used)."""
+    """Text embeddings of the prompts, cached per served model (LRU); returns (vectors, tokens used).
+
+    The vectors this request uses are taken into a dict of its own before it awaits anything: while
+    it waits for the embeddings of its new prompts, other requests fill the cache and may evict the
+    entries it found there."""
     cache = handle.label_cache
-    missing = list(dict.fromkeys(p for p in prompts if p not in cache))
+    found = {p: cache[p] for p in dict.fromkeys(prompts) if p in cache}
+    missing = [p for p in dict.fromkeys(prompts) if p not in found]
     tokens = 0
     if missing:
         prep = await tokenize(handle, missing, settings, [f"labels[{prompts.index(p)}]" for p in missing])
         vectors = await handle.embed_texts(prep.rows)
         tokens = prep.total_tokens
-        for prompt, vector in zip(missing, vectors, strict=True):
-            cache[prompt] = vector
-            if len(cache) > LABEL_CACHE_SIZE:
-                cache.popitem(last=False)
-    out = np.stack([cache[p] for p in prompts])
-    for p in prompts:
-        if p in cache:
-            cache.move_to_end(p)
-    return out, tokens
+        found.update(zip(missing, vectors, strict=True))
+    for prompt in dict.fromkeys(prompts):  # most recently used last; new entries evict the oldest
+        cache[prompt] = found[prompt]
+        cache.move_to_end(prompt)
+    while len(cache) > LABEL_CACHE_SIZE:
+        cache.popitem(last=False)
+    return np.stack([found[p] for p in prompts]), tokens
 
 
 async def zero_shot(

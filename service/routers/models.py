@@ -15,6 +15,7 @@ from service.deps import EngineDep
 from service.engine import Engine
 from service.errors import APIError
 from service.schemas import Activation, ModelCard, ModelList
+from service.validation import model_reference
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -101,6 +102,7 @@ async def list_models(engine: EngineDep) -> dict[str, Any]:
 
 @router.get("/{model_id}", response_model=ModelCard, summary="One model version (name:version)")
 async def get_model(model_id: str, engine: EngineDep) -> dict[str, Any]:
+    model_reference(model_id, "model_id")
     for card in await asyncio.to_thread(_cards, engine):
         if model_id in (card["id"],) or (card["serving"] and model_id in ("momo", "active", card["name"])):
             return card
@@ -113,6 +115,7 @@ async def get_model(model_id: str, engine: EngineDep) -> dict[str, Any]:
     summary="Serve another version now (no dropped requests) and make it the store's active one",
 )
 async def activate_model(model_id: str, engine: EngineDep) -> dict[str, Any]:
+    model_reference(model_id, "model_id")
     previous = engine.current.reference if engine.current else None
     _handle, changed = await engine.activate(model_id)
     for card in await asyncio.to_thread(_cards, engine):

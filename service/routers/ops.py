@@ -1,4 +1,7 @@
-"""Operations: liveness, readiness, Prometheus metrics, and (opt-in) fault-injection hooks."""
+"""Operations: liveness, readiness, Prometheus metrics, and (opt-in) fault-injection hooks.
+
+/health and /ready need no API key; /metrics needs one unless `metrics_auth` is off (it names
+collections and models); the hooks always do (service/auth.py decides, by path)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import Authorized, EngineDep, MetricsDep
+from service.deps import EngineDep, MetricsDep
 from service.errors import APIError
 from service.schemas import Health, Readiness
 
@@ -41,9 +44,7 @@ async def metrics(registry: MetricsDep) -> Response:
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-hooks = APIRouter(
-    prefix="/internal/test", tags=["test hooks"], dependencies=[Authorized], include_in_schema=False
-)
+hooks = APIRouter(prefix="/internal/test", tags=["test hooks"], include_in_schema=False)
 
 
 @hooks.post("/kill-worker/{queue}")

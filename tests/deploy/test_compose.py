@@ -32,7 +32,7 @@ from tests.deploy.helpers import (
 )
 
 SCHEMA = Path(__file__).with_name("compose-spec.json")
-CORE = {"api", "worker", "redis"}
+CORE = {"api", "worker", "redis", "proxy"}
 SHARED_VOLUMES = {
     "model_store": "/srv/momo/model_store",
     "momo_data": "/srv/momo/data",
@@ -126,6 +126,7 @@ def test_services_and_profiles(compose: dict[str, Any]) -> None:
         assert services[name]["build"]["dockerfile"] == "docker/Dockerfile"
         assert services[name]["build"]["target"] == name
     assert "ports" not in services["worker"]
+    assert "ports" not in services["api"], "clients reach the API through the proxy only"
     assert exec_form(json.dumps(services["api"]["command"])) == ["momo", "serve", "--host", "0.0.0.0"]
     assert services["worker"]["command"] == ["momo", "worker"]
 
@@ -276,3 +277,73 @@ def test_compose_cli_accepts_the_files(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- the reverse proxy (deploy/nginx.conf) -----------------------------------------------------------
+def _nginx() -> list[dict[str, Any]]:
+    """deploy/nginx.conf parsed by crossplane (NGINX Inc.'s config parser, in Python): unknown
+    directives, directives in the wrong block and wrong argument counts are errors."""
+    import crossplane
+
+    path = str(ROOT / "deploy" / "nginx.conf")
+    payload = crossplane.parse(
+        path, check_ctx=True, check_args=True, strict=True, single=True, comments=False
+    )
+    assert payload["status"] == "ok", payload["errors"]
+    return list(payload["config"][0]["parsed"])
+
+
+def _find(block: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    found = []
+    for directive in block:
+        if directive["directive"] == name:
+            found.append(directive)
+        found += _find(directive.get("block", []), name)
+    return found
+
+
+def _value(block: list[dict[str, Any]], name: str) -> str:
+    (directive,) = [d for d in block if d["directive"] == name]
+    return str(directive["args"][0])
+
+
+def _seconds(text: str) -> float:
+    return float(text[:-1]) * {"s": 1, "m": 60}[text[-1]] if text[-1].isalpha() else float(text)
+
+
+def _bytes(text: str) -> int:
+    return int(text[:-1]) * {"k": 1024, "m": 1024**2, "g": 1024**3}[text[-1].lower()]
+
+
+def test_the_proxy_bounds_slow_clients_and_agrees_with_the_api_settings() -> None:
+    from service.settings import Settings
+
+    (http,) = _find(_nginx(), "http")
+    block = http["block"]
+    for name, most in (("client_header_timeout", 30), ("client_body_timeout", 60), ("send_timeout", 60)):
+        assert 0 < _seconds(_value(block, name)) <= most, name
+    assert _find(block, "limit_conn"), "no per-client connection limit"
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    (upstream,) = _find(block, "upstream")
+    servers = [d["args"] for d in upstream["block"] if d["directive"] == "server"]
+    assert ["api:8000", "resolve"] in servers  # every replica of `api`, re-resolved as they change
+    # the proxy closes idle upstream connections before the API would: no request on a closing one
+    assert _seconds(_value(upstream["block"], "keepalive_timeout")) < defaults["keep_alive_timeout_s"]
+    assert int(_value(upstream["block"], "keepalive")) >= 1
+    (server,) = [d for d in block if d["directive"] == "server"]  # (not the upstream's server lines)
+    assert _seconds(_value(server["block"], "proxy_read_timeout")) > defaults["request_timeout_s"]
+    assert _bytes(_value(block, "client_max_body_size")) > defaults["max_upload_bytes"]
+    metrics = [d for d in _find(server["block"], "location") if d["args"] == ["=", "/metrics"]]
+    assert metrics and _find(metrics[0]["block"], "return")[0]["args"] == ["404"]
+
+
+def test_the_proxy_is_the_only_published_port(compose: dict[str, Any]) -> None:
+    proxy = compose["services"]["proxy"]
+    assert [interpolate(p) for p in proxy["ports"]] == ["0.0.0.0:8000:8000"]
+    assert proxy["depends_on"] == {"api": {"condition": "service_healthy"}}
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    # `server ... resolve` in an upstream needs nginx 1.27.3 or later
+    version = tuple(int(p) for p in re.match(r"nginx:(\d+)\.(\d+)\.(\d+)", proxy["image"]).groups())
+    assert version >= (1, 27, 3), proxy["image"]
+    published = {name for name, service in compose["services"].items() if service.get("ports")}
+    assert published - {"prometheus", "flower"} == {"proxy"}

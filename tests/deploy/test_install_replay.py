@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from momo.store import ModelStore
-from tests.deploy.helpers import DOCKERFILES, ROOT, build_context, parse_dockerfile
+from tests.deploy.helpers import DOCKERFILES, ROOT, build_context, exec_form, parse_dockerfile
 from tests.factories import register_random
 
 pytestmark = pytest.mark.slow
@@ -265,22 +265,13 @@ def test_worker_image_steps(worker_venv: Path, tmp_path: Path, test_config: Any,
     _image_steps("worker", worker_venv, tmp_path)
 
 
-def _tree_has_worker_command() -> bool:
-    repo_momo = ROOT / ".venv" / "bin" / "momo"
-    if not repo_momo.exists():
-        return False
-    probe = subprocess.run([str(repo_momo), "worker", "--help"], capture_output=True, timeout=120)
-    return probe.returncode == 0
-
-
 def test_worker_runs_and_passes_its_healthcheck(worker_venv: Path, tmp_path: Path) -> None:
     """The worker image's command (`momo worker`) from the replayed venv, on the local Redis, and its
-    HEALTHCHECK script: unhealthy before the worker is up, healthy once it answers the ping. Until
-    this tree has `momo worker`, a plain Celery worker from the same venv stands in for it."""
+    HEALTHCHECK script: unhealthy before the worker is up, healthy once it answers the ping."""
     try:
         socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
     except OSError:
-        pytest.skip("no Redis on 127.0.0.1:6379 for the worker health check (.ci/run starts one)")
+        pytest.skip("no Redis on 127.0.0.1:6379 for the health check (make test starts an installed one)")
     broker = "redis://127.0.0.1:6379/15"  # a database of its own (Celery's broadcasts are per db)
     env = _clean_env(
         HOME=str(tmp_path),
@@ -290,21 +281,10 @@ def test_worker_runs_and_passes_its_healthcheck(worker_venv: Path, tmp_path: Pat
         MOMO_JOB_QUEUE=f"replay-{os.getpid()}",  # never take another test's jobs
         MOMO_HEALTHCHECK_TIMEOUT_S="3",
     )
-    if _tree_has_worker_command():
-        command = [str(worker_venv / "bin" / "momo"), "worker"]
-    else:
-        (tmp_path / "pingapp.py").write_text(
-            f"from celery import Celery\napp = Celery('p', broker={broker!r})\n"
-        )
-        command = [
-            str(worker_venv / "bin" / "celery"),
-            "-A",
-            "pingapp",
-            "worker",
-            "--pool=solo",
-            "-n",
-            "p@%h",
-        ]
+    image_cmd = parse_dockerfile(DOCKERFILES["cpu"]).effective("worker", "CMD")
+    assert image_cmd is not None
+    program, *arguments = exec_form(image_cmd.args)
+    command = [str(worker_venv / "bin" / program), *arguments]  # the worker image's CMD, from its venv
     check = [str(worker_venv / "bin" / "python"), str(ROOT / "docker" / "healthcheck.py"), "worker"]
     down = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
     assert down.returncode == 1, "healthy without a worker"

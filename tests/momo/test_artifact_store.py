@@ -61,7 +61,8 @@ def test_store_register_list_activate_resolve(store_root: Path, test_config, tes
     assert store.resolve() == store_root / "momo-test" / "v1"
     assert store.resolve("momo-test") == store_root / "momo-test" / "v1"  # the active one
     assert store.resolve("momo-test:v2") == store_root / "momo-test" / "v2"
-    assert store.resolve(str(store_root / "momo-test" / "v2")) == store_root / "momo-test" / "v2"
+    assert store.locate(str(store_root / "momo-test" / "v2")) == store_root / "momo-test" / "v2"
+    assert store.locate("momo-test:v2") == store.resolve("momo-test:v2")
     store.activate("momo-test:v2")
     assert json.loads((store_root / "active.json").read_text()) == {"name": "momo-test", "version": "v2"}
     assert store.load().manifest.version == "v2"
@@ -69,6 +70,55 @@ def test_store_register_list_activate_resolve(store_root: Path, test_config, tes
         store.resolve("momo-test:v9")
     with pytest.raises(StoreError, match="no model named"):
         store.resolve("other")
+
+
+BAD_REFERENCES = [
+    "momo-test:..",
+    "momo-test:.",
+    "..",
+    ".",
+    "momo-test/v1",
+    "momo-test:v1/..",
+    "../momo-test",
+    "momo-test:v1\x00",
+    "momo-test\x00:v1",
+    "x:",
+    ":v1",
+    "a:b:c",
+    "momo-test:latest",
+    "-momo",
+    "m" * 65,
+]
+
+
+@pytest.mark.parametrize("reference", BAD_REFERENCES)
+def test_resolve_checks_the_reference_grammar(
+    store_root: Path, test_config, test_tokenizer, reference: str
+) -> None:
+    """`..`, `.`, slashes and NUL never reach the file system (`momo-test:..` used to resolve to the
+    store root, `momo-test:.` to the model folder); the messages name no server path."""
+    store = ModelStore(store_root)
+    register_random(store, test_config, test_tokenizer)
+    for operation in (store.resolve, store.activate):
+        with pytest.raises(StoreError, match="not a model reference") as excinfo:
+            operation(reference)
+        assert str(store_root) not in str(excinfo.value)
+    assert store.active() == ("momo-test", "v1")
+
+
+def test_reference_grammar_and_messages_without_paths(store_root: Path, test_config, test_tokenizer) -> None:
+    from momo.store import InvalidReference, parse_reference
+
+    assert parse_reference("momo-test") == ("momo-test", None)
+    assert parse_reference("momo-test:v12") == ("momo-test", "v12")
+    assert parse_reference("m.1_a-b:v1") == ("m.1_a-b", "v1")
+    with pytest.raises(InvalidReference):
+        parse_reference("momo-test:..")
+    store = ModelStore(store_root)
+    for reference in (None, "ghost", "ghost:v1"):
+        with pytest.raises(StoreError) as excinfo:
+            store.resolve(reference)
+        assert str(store_root) not in str(excinfo.value), excinfo.value
 
 
 def test_failed_registration_leaves_nothing(store_root: Path) -> None:

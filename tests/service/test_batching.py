@@ -62,18 +62,29 @@ def test_a_failing_input_fails_only_its_own_request() -> None:
     queue.stop()
 
 
+async def _until(condition: Any, timeout: float = 10.0) -> None:
+    """Poll `condition()` from the event loop (yielding to it) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
 def test_full_queue_raises_queue_full_and_dead_worker_raises_worker_dead() -> None:
     release = threading.Event()
+    holding: list[int] = []  # the payloads the worker is processing right now
 
     def process(op: str, payloads: list[int]) -> list[int]:
-        release.wait(5)
+        holding.extend(payloads)
+        release.wait(10)
+        holding.clear()
         return payloads
 
     queue = _queue(process, max_batch=1, capacity=2, max_wait_s=0)
 
     async def main() -> None:
-        first = asyncio.ensure_future(queue.run("op", [0], timeout=5))
-        await asyncio.sleep(0.05)  # the worker holds item 0
+        first = asyncio.ensure_future(queue.run("op", [0], timeout=10))
+        await _until(lambda: holding == [0])  # the worker holds item 0; the queue is empty
         pending = queue.submit_many("op", [1, 2])
         with pytest.raises(QueueFull) as excinfo:
             queue.submit_many("op", [3])
@@ -86,14 +97,17 @@ def test_full_queue_raises_queue_full_and_dead_worker_raises_worker_dead() -> No
     release.clear()
 
     async def killed() -> None:
-        blocked = asyncio.ensure_future(queue.run("op", [5], timeout=5))
-        waiting = asyncio.ensure_future(queue.run("op", [6], timeout=5))
-        await asyncio.sleep(0.05)
-        threading.Thread(target=queue.kill_for_test).start()
-        await asyncio.sleep(0.05)
+        blocked = asyncio.ensure_future(queue.run("op", [5], timeout=10))
+        await _until(lambda: holding == [5])
+        waiting = asyncio.ensure_future(queue.run("op", [6], timeout=10))
+        await _until(lambda: queue.depth == 1)
+        killer = threading.Thread(target=queue.kill_for_test)
+        killer.start()  # the fault is raised when the worker next looks at the queue
         release.set()
         results = await asyncio.gather(blocked, waiting, return_exceptions=True)
-        assert any(isinstance(r, WorkerDead) for r in results)  # nothing hangs
+        killer.join(10)
+        assert results[0] == [5]  # the batch in the runtime finished
+        assert isinstance(results[1], WorkerDead)  # the queued one failed: nothing hangs
         with pytest.raises(WorkerDead):
             queue.submit_many("op", [7])
 
@@ -106,21 +120,29 @@ def test_overload_gives_429_with_retry_after(model_store: Path, tmp_path: Path) 
     with LiveServer(settings) as live:
         handle = live.engine.current
         original = handle.runtime.encode_texts
+        release = threading.Event()
 
-        def slow(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            time.sleep(0.5)
+        def blocked(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            release.wait(30)  # the runtime is stuck until the queue has filled up
             return original(ids, mask)
 
-        handle.runtime.encode_texts = slow
+        handle.runtime.encode_texts = blocked
 
         def call(i: int) -> httpx.Response:
             with live.client() as c:
                 return c.post("/v1/embeddings", json={"input": f"text {i}"})
 
         with ThreadPoolExecutor(12) as pool:
-            responses = list(pool.map(call, range(12)))
+            futures = [pool.submit(call, i) for i in range(12)]
+            deadline = time.monotonic() + 30
+            # 1 in the runtime + 4 queued; the other 7 are refused at once
+            while sum(f.done() for f in futures) < 7:
+                assert time.monotonic() < deadline, "the queue never filled"
+                time.sleep(0.01)
+            release.set()
+            responses = [f.result() for f in futures]
         statuses = sorted(r.status_code for r in responses)
-        assert set(statuses) == {200, 429}, statuses
+        assert statuses == [200] * 5 + [429] * 7, statuses
         limited = [r for r in responses if r.status_code == 429]
         assert_error(limited[0], 429, "queue_full")
         assert int(limited[0].headers["retry-after"]) >= 1
@@ -140,8 +162,9 @@ def test_a_killed_worker_fails_ready_and_requests_get_503(model_store: Path, tmp
         assert ready.status_code == 503 and "text" in ready.json()["reason"]
         assert_error(ready, 503, "not_ready")
         r = c.post("/v1/embeddings", json={"input": "hello"})
-        assert_error(r, 503, "worker_unavailable")
+        error = assert_error(r, 503, "worker_unavailable")
         assert "retry-after" in r.headers
+        assert "Fault" not in error["message"] and "hook" not in error["message"]  # the log has why
         # the other queues still serve
         assert c.post("/v1/embeddings", json={"input": [data_uri(png_bytes())]}).status_code == 200
         assert 'momo_worker_alive{queue="text"} 0.0' in c.get("/metrics").text

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -9,6 +12,7 @@ import numpy as np
 import pytest
 
 from momo.preprocess import decode_image, preprocess_images
+from service.routers import classify
 from tests.service.helpers import SHAPES, TOPICS, LiveServer, assert_error, data_uri, make_settings, png_bytes
 
 LABELS = ["circle", "square", "sneaker", "dog", "ankle boot"]
@@ -133,3 +137,56 @@ def test_vqa_without_a_vqa_head_is_a_clear_4xx(model_store: Path, tmp_path: Path
         error = assert_error(r, 400, "vqa_unavailable")
         assert "no 'vqa' head" in error["message"]
         assert c.post("/v1/embeddings", json={"input": "still fine"}).status_code == 200
+
+
+def test_label_cache_entries_evicted_during_an_await_are_not_lost(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Request A finds one prompt cached and awaits the embedding of another; meanwhile request B
+    fills the cache and evicts A's cached prompt. A must still answer (it used to raise KeyError)."""
+    monkeypatch.setattr(classify, "LABEL_CACHE_SIZE", 4)
+    handle, settings = server.engine.current, server.settings
+    original = handle.embed_texts
+    cached, fresh = "cache race: kept", "cache race: new"
+    others = [f"cache race: other {i}" for i in range(4)]
+
+    async def scenario() -> np.ndarray:
+        await classify.label_embeddings(handle, [cached], settings)
+        gate, entered = asyncio.Event(), asyncio.Event()
+
+        async def first_call_waits(rows: list[np.ndarray]) -> np.ndarray:
+            if not entered.is_set():
+                entered.set()
+                await gate.wait()
+            return await original(rows)
+
+        monkeypatch.setattr(handle, "embed_texts", first_call_waits)
+        a = asyncio.ensure_future(classify.label_embeddings(handle, [cached, fresh], settings))
+        await entered.wait()  # A is awaiting the embedding of `fresh`
+        await classify.label_embeddings(handle, others, settings)  # B evicts `cached`
+        assert cached not in handle.label_cache
+        gate.set()
+        vectors, tokens = await a
+        assert tokens > 0
+        return vectors
+
+    vectors = asyncio.run(scenario())
+    np.testing.assert_allclose(vectors, _texts(server, [cached, fresh]), atol=1e-5)
+
+
+def test_concurrent_zero_shot_requests_with_many_labels_never_fail(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(classify, "LABEL_CACHE_SIZE", 16)
+    vocabulary = [f"thing {i}" for i in range(60)]
+
+    def call(i: int) -> tuple[int, str]:
+        rng = random.Random(i)
+        labels = rng.sample(vocabulary, rng.randint(5, 30))
+        with server.client() as c:
+            r = c.post("/v1/classify", json={"input": f"text {i}", "labels": labels})
+        return r.status_code, r.text[:200]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, range(96)))
+    assert [r for r in results if r[0] != 200] == []

@@ -27,7 +27,8 @@ def test_settings_come_from_momo_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOMO_RUNTIME", "torch")
     monkeypatch.setenv("MOMO_IMAGE_URLS_ENABLED", "true")
     settings = Settings()
-    assert settings.api_keys == ["alpha", "beta"] and settings.max_batch == 7 and settings.runtime == "torch"
+    assert [k.get_secret_value() for k in settings.api_keys] == ["alpha", "beta"]
+    assert settings.max_batch == 7 and settings.runtime == "torch"
     assert settings.image_urls_enabled and settings.auth_enabled
     assert Settings(batching=False).effective_max_batch == 1
     monkeypatch.setenv("MOMO_AUTH_DISABLED", "true")

@@ -3,9 +3,11 @@ graceful shutdown with requests in flight."""
 
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +16,17 @@ import numpy as np
 
 from momo.store import ModelStore
 from tests.service.helpers import LiveServer, assert_error, data_uri, make_settings, png_bytes
+
+BAD_REFERENCES = [
+    "momo-test:..",
+    "momo-test:.",
+    "..",
+    ".",
+    "momo-test:v1/..",
+    "a/b",
+    "momo-test:v1\x00",
+    "x:",
+]
 
 IMAGES = [data_uri(png_bytes(seed=s, size=(18, 18))) for s in range(4)]
 
@@ -175,3 +188,52 @@ def test_shutdown_lets_in_flight_requests_finish(model_store: Path, tmp_path: Pa
         statuses = [f.result() for f in futures]
     assert statuses == [200] * 8
     assert all(not q.alive for q in handle.queues.values())
+
+
+def _retired(live: LiveServer, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while live.engine._retiring:
+        assert time.monotonic() < deadline, "the old model was not retired"
+        time.sleep(0.02)
+
+
+def test_a_retired_model_is_freed_even_with_a_frozen_heap(model_store: Path, tmp_path: Path) -> None:
+    """gc_freeze moves the served model out of the cyclic GC's reach; a retired model must still be
+    freed at once (no reference cycle may hold it). It used to stay for the life of the process."""
+    root = tmp_path / "store"
+    shutil.copytree(model_store, root)
+    try:
+        with LiveServer(make_settings(root, tmp_path / "data", gc_freeze=True)) as live, live.client() as c:
+            handles = [weakref.ref(live.engine.current)]
+            for target in ("momo-test:v2", "momo-test:v1", "momo-test:v2"):
+                assert c.post(f"/v1/models/{target}/activate").status_code == 200
+                handles.append(weakref.ref(live.engine.current))
+                _retired(live)
+            assert [h() is None for h in handles] == [True, True, True, False]
+            assert c.post("/v1/embeddings", json={"input": "after the swaps"}).status_code == 200
+    finally:
+        gc.unfreeze()
+
+
+def test_model_references_follow_one_grammar_and_errors_show_no_server_paths(
+    model_store: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(model_store, root)
+    with LiveServer(make_settings(root, tmp_path / "data")) as live, live.client() as c:
+        for reference in BAD_REFERENCES:
+            # percent-encoded, or the client would resolve the dot segments itself
+            quoted = reference.replace(".", "%2E").replace("/", "%2F").replace("\x00", "%00")
+            r = c.post(f"/v1/models/{quoted}/activate")
+            if r.status_code == 404 and "/" in reference:
+                continue  # a slash ends the path segment: no route, nothing resolved
+            error = assert_error(r, 400, "invalid_model_reference")
+            assert error["param"] == "model_id", error
+        for reference in ("momo-test:v9", "ghost", "ghost:v1"):
+            error = assert_error(c.post(f"/v1/models/{reference}/activate"), 404, "model_not_found")
+            assert str(root) not in error["message"] and str(tmp_path) not in error["message"]
+        assert_error(c.get("/v1/models/momo-test:%2E%2E"), 400, "invalid_model_reference")
+        r = c.post("/v1/embeddings", json={"input": "x", "model": "momo-test:.."})
+        assert_error(r, 400, "invalid_model_reference")
+        assert ModelStore(root).active() == ("momo-test", "v1")
+        assert c.get("/ready").status_code == 200

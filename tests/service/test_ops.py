@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import httpx
 
 from service.logs import JSONFormatter
-from tests.service.helpers import LiveServer
+from tests.service.helpers import LiveServer, assert_error, make_settings
 
 
 class _Capture(logging.Handler):
@@ -81,5 +82,12 @@ def test_openapi_declares_bearer_auth_and_docs_render(client: httpx.Client) -> N
         "/metrics",
     ):
         assert path in schema["paths"], path
-    assert "/internal/test/kill-worker/{queue}" not in schema["paths"]
     assert "swagger" in client.get("/docs").text.lower()
+
+
+def test_fault_hooks_are_unreachable_unless_test_hooks_is_on(model_store: Path, tmp_path: Path) -> None:
+    with LiveServer(make_settings(model_store, tmp_path, test_hooks=False)) as live, live.client() as c:
+        assert_error(c.post("/internal/test/kill-worker/text"), 404)
+        assert live.engine.current.queues["text"].alive
+        assert c.get("/ready").status_code == 200
+        assert c.post("/v1/embeddings", json={"input": "x"}).status_code == 200

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.errors import APIError
 from service.urls import ImageFetcher, forbidden_reason
 from tests.momo.bad_images import bad_image_corpus, good_image_corpus
 from tests.service.helpers import LiveServer, assert_error, b64, data_uri, make_settings, png_bytes
@@ -34,8 +35,10 @@ def test_auth_is_required_on_the_api_not_on_ops(server: LiveServer) -> None:
         )
         assert anon.get("/health").json() == {"status": "ok"}
         assert anon.get("/ready").status_code == 200
-        assert anon.get("/metrics").status_code == 200
-        assert anon.get("/docs").status_code == 200
+        assert_error(anon.get("/metrics"), 401)  # unless metrics_auth is off (test_auth.py)
+        assert anon.get("/docs").status_code == 200 and anon.get("/openapi.json").status_code == 200
+        assert_error(anon.get("/internal/test/kill-worker/text"), 401)
+        assert_error(anon.get("/anything/else"), 401)  # deny by default
         assert ok.post("/v1/embeddings", json={"input": "x"}).status_code == 200
 
 
@@ -266,13 +269,13 @@ def test_url_fetch_pins_checked_addresses_and_caps_bytes() -> None:
             ("http://nowhere.test/x.png", "image_url_unresolvable"),
         ]:
             before = len(seen)
-            with pytest.raises(Exception) as excinfo:
+            with pytest.raises(APIError) as excinfo:
                 await fetcher.fetch(url)
-            assert getattr(excinfo.value, "code", None) == code, url
+            assert excinfo.value.code == code, url
             assert all(r.url.host != "10.0.0.5" for r in seen[before:])
-        with pytest.raises(Exception) as excinfo:
+        with pytest.raises(APIError) as excinfo:
             await fetcher.fetch("http://images.test/huge")
-        assert getattr(excinfo.value, "status", None) == 413
+        assert excinfo.value.status == 413
 
     asyncio.run(scenario())
 

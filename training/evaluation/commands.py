@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
             import torch
 
             torch.set_num_threads(threads)
-            path = ModelStore(store).resolve(None if reference == "active" else reference)
+            path = ModelStore(store).locate(None if reference == "active" else reference)
             artifact = load_artifact(path)
         except (StoreError, ArtifactError) as exc:
             typer.echo(f"error: {exc}", err=True)

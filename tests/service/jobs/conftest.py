@@ -73,7 +73,7 @@ def module_store(tmp_path_factory: pytest.TempPathFactory, test_config: Any, tes
 @pytest.fixture(scope="module")
 def redis_url() -> str:
     if not redis_up():
-        pytest.skip("Redis is not running on 127.0.0.1:6379 (.ci/run starts it)")
+        pytest.skip("Redis is not running on 127.0.0.1:6379 (make test starts an installed one)")
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{random.randint(1, 12)}"
 
 

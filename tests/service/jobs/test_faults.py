@@ -76,6 +76,13 @@ def _running(client: httpx.Client, job_id: str, attempt: int = 1, step: int = 5)
     )
 
 
+def _wait_for_log(worker: Worker, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in worker.tail(1_000_000):
+        assert time.monotonic() < deadline, f"the worker never logged {text!r}:\n{worker.tail()}"
+        time.sleep(0.2)
+
+
 def _versions(system: tuple[LiveServer, Worker]) -> list[str]:
     return ModelStore(system[0].settings.model_store).versions("momo-test")
 
@@ -85,8 +92,8 @@ def test_cancel_queued_and_running(client: httpx.Client, system: tuple[LiveServe
     running = _submit(client)
     _running(client, running["id"])
     queued = _submit(client)  # the worker (concurrency 1, prefetch 1) is busy: this one waits
-    time.sleep(0.5)
-    assert client.get(f"/v1/fine-tunes/{queued['id']}").json()["state"] == "queued"
+    assert queued["state"] == "queued"
+    assert client.get(f"/v1/fine-tunes/{running['id']}").json()["state"] == "running"
 
     r = client.post(f"/v1/fine-tunes/{queued['id']}/cancel")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
@@ -100,7 +107,7 @@ def test_cancel_queued_and_running(client: httpx.Client, system: tuple[LiveServe
     assert _versions(system) == before  # nothing registered
 
     # the queued job's message is delivered now, and turned away: it never starts
-    time.sleep(2.0)
+    _wait_for_log(system[1], f"job {queued['id']} not run: terminal")
     never = client.get(f"/v1/fine-tunes/{queued['id']}").json()
     assert never["state"] == "cancelled" and never["attempts"] == 0 and never["started_at"] is None
     assert client.post(f"/v1/fine-tunes/{queued['id']}/cancel").json()["state"] == "cancelled"  # idempotent
@@ -141,7 +148,6 @@ def test_kill_9_of_the_whole_worker_requeues_the_job_for_the_next_worker(
     job = _submit(client)
     _running(client, job["id"])
     worker.kill_group(signal.SIGKILL)  # main process and its children: nothing acknowledges or rejects
-    time.sleep(1.0)
     assert client.get(f"/v1/fine-tunes/{job['id']}").json()["state"] == "running"  # until a sweep
     assert system[0].app.state.jobs.sweep_once() == [job["id"]]  # what the API's sweeper loop runs
     requeued = client.get(f"/v1/fine-tunes/{job['id']}").json()
