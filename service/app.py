@@ -29,7 +29,7 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.retrieval import CollectionStore
-from service.routers import classify, collections, embeddings, models, ops, vqa
+from service.routers import classify, collections, embeddings, models, ops, ui, vqa
 from service.settings import Settings
 from service.urls import ImageFetcher
 
@@ -112,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=[Authorized])
     if settings.test_hooks:
         app.include_router(ops.hooks)
+    if settings.ui_enabled:
+        ui.mount(app)
     declare_bearer_auth(app)
     # add_middleware prepends: the last one added runs first (outermost).
     # the body limit, with dataset uploads (POST /v1/files) streamed under their own max_upload_bytes
