@@ -123,7 +123,7 @@ export function initFineTune() {
     parts.step.textContent = total ? `step ${step} of ${total} (${percent(job.state === "succeeded" ? 1 : fraction)})` : job.state === "queued" ? "waiting for a worker" : "";
     const running = job.metrics.running ?? {};
     const shown = Object.entries(running).filter(([, v]) => typeof v === "number");
-    clear(parts.metrics).append(...shown.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: fixed(v, 4) })]));
+    clear(parts.metrics).append(...shown.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", { text: fixed(v, 4) }))));
     clear(parts.events).append(...(job.events ?? []).slice(-8).map((e) => h("li", { class: e.level, text: e.message })));
     if (job.state === "succeeded" && !parts.outcome.dataset.done) {
       parts.outcome.dataset.done = "true";
