@@ -74,7 +74,10 @@ export async function request(method, path, body = undefined) {
   try {
     return await response.json();
   } catch {
-    throw new ApiError(response.status, `the server answered ${method} ${path} with something that is not JSON`);
+    throw new ApiError(
+      response.status,
+      `the server answered ${method} ${path} with something that is not JSON`,
+    );
   }
 }
 

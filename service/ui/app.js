@@ -54,7 +54,13 @@ function initKey() {
   events.addEventListener("unauthorized", (event) => {
     const { title, message, advice } = describe(event.detail);
     field.setAttribute("aria-invalid", "true");
-    clear(notice).append(h("strong", { text: title }), " ", advice, " ", h("span", { class: "message", text: `(The server said: ${message})` }));
+    clear(notice).append(
+      h("strong", { text: title }),
+      " ",
+      advice,
+      " ",
+      h("span", { class: "message", text: `(The server said: ${message})` }),
+    );
     notice.hidden = false;
   });
   events.addEventListener("authorized", () => {

@@ -1,7 +1,7 @@
 // Ask: POST /v1/vqa, an image and a question -> ranked answers of the model's VQA head.
 
 import { post } from "./api.js";
-import { $, busy, clear, fixed, h, rankedBars, showError } from "./dom.js";
+import { $, busy, clear, h, percent, rankedBars, showError } from "./dom.js";
 import { imagePicker } from "./images.js";
 
 export function initAsk() {
@@ -20,10 +20,20 @@ export function initAsk() {
       }
       const question = $("#ask-question").value;
       clear(result);
-      const body = await post("v1/vqa", { image: image.dataUri, question, top_k: Number($("#ask-top-k").value) || 5 });
+      const body = await post("v1/vqa", {
+        image: image.dataUri,
+        question,
+        top_k: Number($("#ask-top-k").value) || 5,
+      });
       const [top] = body.answers;
       result.append(
-        h("p", { class: "verdict" }, "Answer: ", h("strong", { class: "top-label", text: top.answer }), ` (${fixed(100 * top.score, 1)} %)`),
+        h(
+          "p",
+          { class: "verdict" },
+          "Answer: ",
+          h("strong", { class: "top-label", text: top.answer }),
+          ` (${percent(top.score)})`,
+        ),
         rankedBars(body.answers, { caption: `Answers to “${question}”`, labelKey: "answer" }),
         h("p", { class: "hint", text: `${body.model} · ${body.usage.prompt_tokens} tokens` }),
       );

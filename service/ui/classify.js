@@ -1,7 +1,7 @@
 // Classify: POST /v1/classify, zero-shot over the user's labels or a head of the served model.
 
 import { events, post } from "./api.js";
-import { $, busy, clear, fixed, h, parseList, rankedBars, showError } from "./dom.js";
+import { $, busy, clear, h, parseList, percent, rankedBars, showError } from "./dom.js";
 import { imagePicker } from "./images.js";
 import { servingCard } from "./models-state.js";
 
@@ -43,17 +43,20 @@ export function initClassify() {
     clear(method).append(h("option", { value: "", text: "Zero-shot over your labels" }));
     for (const [name, head] of Object.entries(heads)) {
       const inputs = head.input === "pair" ? "image + text" : head.input;
-      method.append(h("option", { value: name, text: `Head "${name}" (${inputs} → ${head.num_labels} labels)` }));
+      method.append(
+        h("option", { value: name, text: `Head "${name}" (${inputs} → ${head.num_labels} labels)` }),
+      );
     }
     method.value = selected in heads ? selected : "";
     onMethod();
   }
 
+  /** The request's input for the chosen kind; null while an image is needed and none is chosen. */
   async function inputOf(current) {
     const text = $("#classify-text").value;
     if (current === "text") return { text };
     const [image] = await picker.images();
-    if (!image) throw new Error("Choose, drop or draw an image first.");
+    if (!image) return null;
     return current === "pair" ? { image: image.dataUri, text } : { image: image.dataUri };
   }
 
@@ -62,9 +65,22 @@ export function initClassify() {
     const top = ranked[0];
     const what = input.image ? "image" : "text";
     clear(result).append(
-      h("p", { class: "verdict" }, "Top label: ", h("strong", { class: "top-label", text: top.label }), ` (${fixed(100 * top.score, 1)} %)`),
+      h(
+        "p",
+        { class: "verdict" },
+        "Top label: ",
+        h("strong", { class: "top-label", text: top.label }),
+        ` (${percent(top.score)})`,
+      ),
       rankedBars(ranked, { caption: `Probabilities for the ${what}` }),
-      h("p", { class: "hint" }, `${body.model} · ${body.method}`, body.template ? ` · template “${body.template}”` : "", body.head ? ` · head ${body.head}` : "", ` · ${body.usage.prompt_tokens} tokens`),
+      h(
+        "p",
+        { class: "hint" },
+        `${body.model} · ${body.method}`,
+        body.template ? ` · template “${body.template}”` : "",
+        body.head ? ` · head ${body.head}` : "",
+        ` · ${body.usage.prompt_tokens} tokens`,
+      ),
     );
   }
 
@@ -73,11 +89,9 @@ export function initClassify() {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     busy(form.querySelector('button[type="submit"]'), errorBox, async () => {
-      let input;
-      try {
-        input = await inputOf(kind());
-      } catch (problem) {
-        showError(errorBox, problem.message);
+      const input = await inputOf(kind());
+      if (!input) {
+        showError(errorBox, "Choose, drop or draw an image first.");
         return;
       }
       const head = method.value;

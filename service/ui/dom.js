@@ -48,7 +48,16 @@ export function showError(box, error) {
     title ? h("strong", { text: title }) : "",
     title ? " " : "",
     h("span", { class: "message", text: message }),
-    advice ? h("span", { class: "advice" }, " ", advice, " ", h("a", { href: "#api-key", text: "Go to the key field" })) : "",
+    advice
+      ? h(
+          "span",
+          { class: "advice" },
+          " ",
+          advice,
+          " ",
+          h("a", { href: "#api-key", text: "Go to the key field" }),
+        )
+      : "",
   );
   box.hidden = false;
 }

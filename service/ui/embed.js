@@ -18,7 +18,17 @@ function summaryTable(inputs, vectors) {
       "table",
       { class: "vectors" },
       h("caption", { text: "Vectors" }),
-      h("thead", {}, h("tr", {}, ["#", "Input", "Dimension", "Norm", `First ${FIRST_VALUES} values`].map((t) => h("th", { scope: "col", text: t })))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ["#", "Input", "Dimension", "Norm", `First ${FIRST_VALUES} values`].map((t) =>
+            h("th", { scope: "col", text: t }),
+          ),
+        ),
+      ),
       h(
         "tbody",
         {},
@@ -30,7 +40,14 @@ function summaryTable(inputs, vectors) {
             h("td", { text: `${input.kind}: ${input.label}` }),
             h("td", { class: "num dimension", text: String(vectors[i].length) }),
             h("td", { class: "num norm", text: fixed(norm(vectors[i]), 4) }),
-            h("td", { class: "values", text: vectors[i].slice(0, FIRST_VALUES).map((x) => fixed(x, 4)).join(", ") + ", …" }),
+            h("td", {
+              class: "values",
+              text:
+                vectors[i]
+                  .slice(0, FIRST_VALUES)
+                  .map((x) => fixed(x, 4))
+                  .join(", ") + ", …",
+            }),
           ),
         ),
       ),
@@ -39,7 +56,8 @@ function summaryTable(inputs, vectors) {
 }
 
 function heatMap(inputs, vectors) {
-  const short = (input, i) => `${i + 1} ${input.label.length > 24 ? `${input.label.slice(0, 23)}…` : input.label}`;
+  const short = (input, i) =>
+    `${i + 1} ${input.label.length > 24 ? `${input.label.slice(0, 23)}…` : input.label}`;
   return h(
     "div",
     { class: "scroll" },
@@ -47,7 +65,16 @@ function heatMap(inputs, vectors) {
       "table",
       { class: "heatmap" },
       h("caption", { text: "Cosine similarity" }),
-      h("thead", {}, h("tr", {}, h("td"), inputs.map((input, j) => h("th", { scope: "col", title: input.label, text: short(input, j) })))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("td"),
+          inputs.map((input, j) => h("th", { scope: "col", title: input.label, text: short(input, j) })),
+        ),
+      ),
       h(
         "tbody",
         {},
@@ -78,7 +105,10 @@ export function initEmbed() {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     busy(form.querySelector('button[type="submit"]'), errorBox, async () => {
-      const texts = $("#embed-texts").value.split("\n").map((t) => t.trim()).filter(Boolean);
+      const texts = $("#embed-texts")
+        .value.split("\n")
+        .map((t) => t.trim())
+        .filter(Boolean);
       const images = await picker.images();
       const inputs = [
         ...texts.map((text) => ({ kind: "text", label: text, item: { text } })),
@@ -92,7 +122,12 @@ export function initEmbed() {
       const body = await post("v1/embeddings", { input: inputs.map((input) => input.item) });
       const vectors = body.data.sort((a, b) => a.index - b.index).map((d) => d.embedding);
       result.append(
-        h("p", { class: "verdict", text: `${inputs.length} inputs → ${vectors[0].length}-dimensional vectors (${body.model}, ${body.usage.prompt_tokens} tokens)` }),
+        h("p", {
+          class: "verdict",
+          text:
+            `${inputs.length} inputs → ${vectors[0].length}-dimensional vectors ` +
+            `(${body.model}, ${body.usage.prompt_tokens} tokens)`,
+        }),
         summaryTable(inputs, vectors),
         inputs.length > 1 ? heatMap(inputs, vectors) : "",
       );

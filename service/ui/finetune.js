@@ -26,7 +26,8 @@ function hyperparameters() {
     max_steps: number("#finetune-max-steps"),
     freeze_encoder: $("#finetune-freeze").checked,
   };
-  return Object.fromEntries(Object.entries(values).filter(([, v]) => v !== null)); // unset: the server's default
+  // a field left empty is not sent: the server's default applies
+  return Object.fromEntries(Object.entries(values).filter(([, v]) => v !== null));
 }
 
 export function initFineTune() {
@@ -61,12 +62,19 @@ export function initFineTune() {
       return;
     }
     if (!page.data.length) {
-      clear(jobsBody).append(h("tr", {}, h("td", { colspan: "6", class: "hint", text: "No fine-tune jobs yet." })));
+      clear(jobsBody).append(
+        h("tr", {}, h("td", { colspan: "6", class: "hint", text: "No fine-tune jobs yet." })),
+      );
       return;
     }
     clear(jobsBody).append(
       ...page.data.map((job) => {
-        const follow = h("button", { type: "button", class: "secondary small", "aria-label": `Follow ${job.id}`, text: "Follow" });
+        const follow = h("button", {
+          type: "button",
+          class: "secondary small",
+          "aria-label": `Follow ${job.id}`,
+          text: "Follow",
+        });
         follow.addEventListener("click", () => show(job.id));
         return h(
           "tr",
@@ -96,7 +104,9 @@ export function initFineTune() {
       cancel: h("button", { type: "button", class: "danger small", text: "Cancel job" }),
     };
     parts.cancel.addEventListener("click", () =>
-      busy(parts.cancel, errorBox, async () => update(parts, await post(`v1/fine-tunes/${encodeURIComponent(id)}/cancel`, {}))),
+      busy(parts.cancel, errorBox, async () =>
+        update(parts, await post(`v1/fine-tunes/${encodeURIComponent(id)}/cancel`, {})),
+      ),
     );
     clear(view).append(
       h("h3", {}, "Job ", h("code", { text: id })),
@@ -120,11 +130,19 @@ export function initFineTune() {
     if (job.state === "succeeded") parts.progress.value = 1;
     else if (total) parts.progress.value = fraction;
     else parts.progress.removeAttribute("value"); // indeterminate until the worker knows the steps
-    parts.step.textContent = total ? `step ${step} of ${total} (${percent(job.state === "succeeded" ? 1 : fraction)})` : job.state === "queued" ? "waiting for a worker" : "";
+    parts.step.textContent = total
+      ? `step ${step} of ${total} (${percent(job.state === "succeeded" ? 1 : fraction)})`
+      : job.state === "queued"
+        ? "waiting for a worker"
+        : "";
     const running = job.metrics.running ?? {};
     const shown = Object.entries(running).filter(([, v]) => typeof v === "number");
-    clear(parts.metrics).append(...shown.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", { text: fixed(v, 4) }))));
-    clear(parts.events).append(...(job.events ?? []).slice(-8).map((e) => h("li", { class: e.level, text: e.message })));
+    clear(parts.metrics).append(
+      ...shown.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", { text: fixed(v, 4) }))),
+    );
+    clear(parts.events).append(
+      ...(job.events ?? []).slice(-8).map((e) => h("li", { class: e.level, text: e.message })),
+    );
     if (job.state === "succeeded" && !parts.outcome.dataset.done) {
       parts.outcome.dataset.done = "true";
       const activate = h("button", { type: "button", text: `Activate ${job.result_model}` });
@@ -139,12 +157,25 @@ export function initFineTune() {
       );
       const m = job.metrics;
       clear(parts.outcome).append(
-        h("p", { class: "job-result" }, "New version ", h("strong", { class: "result-model", text: job.result_model }), m.metric ? ` · validation ${m.metric} ${fixed(m.before ?? NaN)} → ${fixed(m.after ?? NaN)}` : ""),
+        h(
+          "p",
+          { class: "job-result" },
+          "New version ",
+          h("strong", { class: "result-model", text: job.result_model }),
+          m.metric ? ` · validation ${m.metric} ${fixed(m.before ?? NaN)} → ${fixed(m.after ?? NaN)}` : "",
+        ),
         h("p", {}, activate, note),
       );
       modelsChanged(); // a new version is in the store
     } else if (job.state === "failed" && job.error) {
-      clear(parts.outcome).append(h("p", { class: "error", role: "alert" }, h("strong", { text: `Failed (${job.error.code}): ` }), job.error.message));
+      clear(parts.outcome).append(
+        h(
+          "p",
+          { class: "error", role: "alert" },
+          h("strong", { text: `Failed (${job.error.code}): ` }),
+          job.error.message,
+        ),
+      );
     }
     return done;
   }
@@ -181,7 +212,12 @@ export function initFineTune() {
       upload.append("file", file, file.name);
       upload.append("purpose", "fine-tune");
       const stored = await post("v1/files", upload);
-      const request = { task: task.value, model: base.value, training_file: stored.id, hyperparameters: hyperparameters() };
+      const request = {
+        task: task.value,
+        model: base.value,
+        training_file: stored.id,
+        hyperparameters: hyperparameters(),
+      };
       const head = $("#finetune-head").value.trim();
       if (head) request.head = head;
       const job = await post("v1/fine-tunes", request);

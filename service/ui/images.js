@@ -48,7 +48,9 @@ export function sampleScene() {
     const radius = SIZES[size];
     const x = radius + 2 + Math.floor(Math.random() * (SCENE - 2 * radius - 4));
     const y = radius + 2 + Math.floor(Math.random() * (SCENE - 2 * radius - 4));
-    const apart = objects.every((o) => Math.max(Math.abs(o.x - x), Math.abs(o.y - y)) > o.radius + radius + 3);
+    const apart = objects.every(
+      (o) => Math.max(Math.abs(o.x - x), Math.abs(o.y - y)) > o.radius + radius + 3,
+    );
     if (apart) objects.push({ color: pick(Object.keys(COLORS)), shape: pick(SHAPES), size, radius, x, y });
   }
   objects.forEach((o) => drawShape(ctx, o));
@@ -90,7 +92,9 @@ export function imagePicker(input, { onChange = () => {} } = {}) {
           input.focus();
         },
       });
-      previews.append(h("li", {}, h("img", { src: item.url, alt: item.name }), h("span", { text: item.name }), remove));
+      previews.append(
+        h("li", {}, h("img", { src: item.url, alt: item.name }), h("span", { text: item.name }), remove),
+      );
     }
     previews.hidden = chosen.length === 0;
     onChange(chosen.length);
@@ -130,14 +134,23 @@ export function imagePicker(input, { onChange = () => {} } = {}) {
   });
   root.querySelector("button.sample")?.addEventListener("click", () => {
     const scene = sampleScene();
-    add([{ name: scene.name, bytes: scene.dataUri.length, dataUri: Promise.resolve(scene.dataUri), url: scene.dataUri }]);
+    add([
+      {
+        name: scene.name,
+        bytes: scene.dataUri.length,
+        dataUri: Promise.resolve(scene.dataUri),
+        url: scene.dataUri,
+      },
+    ]);
   });
   render();
 
   return {
     count: () => chosen.length,
     async images() {
-      return Promise.all(chosen.map(async (item) => ({ name: item.name, bytes: item.bytes, dataUri: await item.dataUri })));
+      return Promise.all(
+        chosen.map(async (item) => ({ name: item.name, bytes: item.bytes, dataUri: await item.dataUri })),
+      );
     },
     clear() {
       chosen.forEach((item) => item.url.startsWith("blob:") && URL.revokeObjectURL(item.url));

@@ -6,7 +6,11 @@ import { $, busy, clear, fixed, h, hideError, showError } from "./dom.js";
 import { modelCards, modelsChanged } from "./models-state.js";
 
 const GROUPS = ["vision", "language", "multimodal", "overall"];
-const BASELINES = { random_init: "random weights", trivial: "majority / chance", feature: "raw pixels / TF-IDF" };
+const BASELINES = {
+  random_init: "random weights",
+  trivial: "majority / chance",
+  feature: "raw pixels / TF-IDF",
+};
 
 const date = (epoch) => (epoch ? new Date(epoch * 1000).toISOString().slice(0, 16).replace("T", " ") : "–");
 
@@ -19,7 +23,17 @@ function evaluation(evalMetrics) {
       "table",
       { class: "figures" },
       h("caption", { text: `Evaluation, macro averages (${evalMetrics.runtime ?? "runtime not recorded"})` }),
-      h("thead", {}, h("tr", {}, h("th", { scope: "col", text: "Group" }), h("th", { scope: "col", text: "This version" }), baselines.map((key) => h("th", { scope: "col", text: BASELINES[key] })))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", { scope: "col", text: "Group" }),
+          h("th", { scope: "col", text: "This version" }),
+          baselines.map((key) => h("th", { scope: "col", text: BASELINES[key] })),
+        ),
+      ),
       h(
         "tbody",
         {},
@@ -29,7 +43,9 @@ function evaluation(evalMetrics) {
             {},
             h("th", { scope: "row", text: group }),
             h("td", { class: "num", "data-group": group, text: fixed(evalMetrics.macro[group]) }),
-            baselines.map((key) => h("td", { class: "num", text: fixed(evalMetrics.baselines_macro[key][group] ?? NaN) })),
+            baselines.map((key) =>
+              h("td", { class: "num", text: fixed(evalMetrics.baselines_macro[key][group] ?? NaN) }),
+            ),
           ),
         ),
       ),
@@ -45,7 +61,26 @@ function evaluation(evalMetrics) {
           "details",
           {},
           h("summary", { text: `All ${scores.length} evaluation scores` }),
-          h("div", { class: "scroll" }, h("table", { class: "figures" }, h("tbody", {}, scores.map(([name, value]) => h("tr", {}, h("th", { scope: "row", text: name }), h("td", { class: "num", text: fixed(value) })))))),
+          h(
+            "div",
+            { class: "scroll" },
+            h(
+              "table",
+              { class: "figures" },
+              h(
+                "tbody",
+                {},
+                scores.map(([name, value]) =>
+                  h(
+                    "tr",
+                    {},
+                    h("th", { scope: "row", text: name }),
+                    h("td", { class: "num", text: fixed(value) }),
+                  ),
+                ),
+              ),
+            ),
+          ),
         )
       : "",
   );
@@ -77,33 +112,58 @@ export function initModels() {
       h("h3", { text: `${card.id}${card.serving ? " (serving)" : ""}` }),
       metrics.eval ? evaluation(metrics.eval) : "",
       metrics.finetune ? fineTuning(metrics.finetune) : "",
-      metrics.eval || metrics.finetune ? "" : h("p", { class: "hint", text: "No evaluation figures in this version's manifest (run momo eval)." }),
-      h("details", {}, h("summary", { text: "Every metric in the manifest (JSON)" }), h("pre", { text: JSON.stringify(metrics, null, 2) })),
+      metrics.eval || metrics.finetune
+        ? ""
+        : h("p", {
+            class: "hint",
+            text: "No evaluation figures in this version's manifest (run momo eval).",
+          }),
+      h(
+        "details",
+        {},
+        h("summary", { text: "Every metric in the manifest (JSON)" }),
+        h("pre", { text: JSON.stringify(metrics, null, 2) }),
+      ),
     );
   }
 
   function row(card) {
     const actions = h("td", { class: "row-actions" });
-    const details = h("button", { type: "button", class: "secondary small", "aria-label": `Details of ${card.id}`, text: "Details" });
+    const details = h("button", {
+      type: "button",
+      class: "secondary small",
+      "aria-label": `Details of ${card.id}`,
+      text: "Details",
+    });
     details.addEventListener("click", () => {
       pinned = card.id;
       busy(details, errorBox, () => showDetail(card.id));
     });
     actions.append(details);
     if (!(card.active && card.serving)) {
-      const activate = h("button", { type: "button", class: "small", "aria-label": `Activate ${card.id}`, text: "Activate" });
+      const activate = h("button", {
+        type: "button",
+        class: "small",
+        "aria-label": `Activate ${card.id}`,
+        text: "Activate",
+      });
       activate.addEventListener("click", () =>
         busy(activate, errorBox, async () => {
           status.textContent = `Activating ${card.id}…`;
           const done = await post(`v1/models/${encodeURIComponent(card.id)}/activate`, {});
-          status.textContent = `Now serving ${done.model.id}` + (done.previous && done.changed ? ` (was ${done.previous}).` : ".");
+          status.textContent =
+            `Now serving ${done.model.id}` +
+            (done.previous && done.changed ? ` (was ${done.previous}).` : ".");
           pinned = null;
           modelsChanged();
         }),
       );
       actions.append(" ", activate);
     }
-    const badges = [card.active ? h("span", { class: "badge active", text: "active" }) : "", card.serving ? h("span", { class: "badge serving", text: "serving" }) : ""];
+    const badges = [
+      card.active ? h("span", { class: "badge active", text: "active" }) : "",
+      card.serving ? h("span", { class: "badge serving", text: "serving" }) : "",
+    ];
     return h(
       "tr",
       { "data-model": card.id },

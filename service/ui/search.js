@@ -94,7 +94,9 @@ export function initSearch() {
     clear(select);
     if (!collections.length) select.append(h("option", { value: "", text: "— none yet —" }));
     for (const collection of collections) {
-      select.append(h("option", { value: collection.name, text: `${collection.name} (${collection.count})` }));
+      select.append(
+        h("option", { value: collection.name, text: `${collection.name} (${collection.count})` }),
+      );
     }
     select.value = collections.some((c) => c.name === choose) ? choose : (collections[0]?.name ?? "");
     describeSelected();
@@ -141,7 +143,10 @@ export function initSearch() {
         return;
       }
       const images = await addPicker.images();
-      const texts = $("#search-add-texts").value.split("\n").map((t) => t.trim()).filter(Boolean);
+      const texts = $("#search-add-texts")
+        .value.split("\n")
+        .map((t) => t.trim())
+        .filter(Boolean);
       if (!images.length && !texts.length) {
         showError(errorBox, "Choose or drop images, or type texts, to add.");
         return;
@@ -166,7 +171,9 @@ export function initSearch() {
           updated += body.updated;
         }
       } finally {
-        addStatus.textContent = `${name}: ${added} added, ${updated} updated` + (added + updated < items.length ? ` of ${items.length}.` : ".");
+        addStatus.textContent =
+          `${name}: ${added} added, ${updated} updated` +
+          (added + updated < items.length ? ` of ${items.length}.` : ".");
         await loadCollections(name);
       }
       addPicker.clear();
@@ -189,7 +196,11 @@ export function initSearch() {
     } else if (hit.modality === "text") {
       media = h("blockquote", { class: "thumb text", text: hit.text ?? hit.id });
     } else {
-      media = h("div", { class: "thumb placeholder", role: "img", "aria-label": `Image ${hit.id} (no thumbnail stored)` }, h("span", { text: hit.id }));
+      media = h(
+        "div",
+        { class: "thumb placeholder", role: "img", "aria-label": `Image ${hit.id} (no thumbnail stored)` },
+        h("span", { text: hit.id }),
+      );
     }
     const entries = Object.entries(hit.metadata ?? {});
     const card = h(
@@ -199,12 +210,35 @@ export function initSearch() {
       h(
         "div",
         { class: "about" },
-        h("p", { class: "hit-title" }, h("span", { class: "rank", text: `#${rank + 1}` }), " ", h("strong", { class: "hit-id", text: hit.id })),
-        h("p", { class: "score" }, "score ", h("span", { class: "value", text: fixed(hit.score) }), ` · ${hit.modality}`),
-        entries.length ? h("dl", { class: "metadata" }, entries.map(([k, v]) => [h("dt", { text: k }), h("dd", { text: shown(v) })])) : "",
+        h(
+          "p",
+          { class: "hit-title" },
+          h("span", { class: "rank", text: `#${rank + 1}` }),
+          " ",
+          h("strong", { class: "hit-id", text: hit.id }),
+        ),
+        h(
+          "p",
+          { class: "score" },
+          "score ",
+          h("span", { class: "value", text: fixed(hit.score) }),
+          ` · ${hit.modality}`,
+        ),
+        entries.length
+          ? h(
+              "dl",
+              { class: "metadata" },
+              entries.map(([k, v]) => [h("dt", { text: k }), h("dd", { text: shown(v) })]),
+            )
+          : "",
       ),
     );
-    const remove = h("button", { type: "button", class: "danger small", "aria-label": `Delete ${hit.id}`, text: "Delete" });
+    const remove = h("button", {
+      type: "button",
+      class: "danger small",
+      "aria-label": `Delete ${hit.id}`,
+      text: "Delete",
+    });
     remove.addEventListener("click", () =>
       busy(remove, errorBox, async () => {
         await del(`v1/collections/${encodeURIComponent(collection)}/items/${encodeURIComponent(hit.id)}`);
@@ -248,8 +282,15 @@ export function initSearch() {
       const found = await post(`v1/collections/${encodeURIComponent(name)}/search`, body);
       hideError(errorBox);
       result.append(
-        h("p", { class: "verdict", text: `${found.data.length} results for ${what} in ${name} (${found.model})` }),
-        h("ul", { class: "hits", "aria-label": "Search results" }, found.data.map((hit, rank) => hitCard(hit, rank, name))),
+        h("p", {
+          class: "verdict",
+          text: `${found.data.length} results for ${what} in ${name} (${found.model})`,
+        }),
+        h(
+          "ul",
+          { class: "hits", "aria-label": "Search results" },
+          found.data.map((hit, rank) => hitCard(hit, rank, name)),
+        ),
       );
     });
   });

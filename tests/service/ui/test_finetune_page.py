@@ -39,9 +39,17 @@ def test_fine_tune_follow_the_job_and_activate_its_version(
 ) -> None:
     base = "{}:{}".format(*BUNDLED)
     new = f"{BUNDLED[0]}:v2"
+    playground.expect_http_errors(400)
     page = playground.open("finetune")
     panel = page.get_by_role("tabpanel", name="Fine-tune")
     expect(panel.locator("#finetune-jobs")).to_contain_text("No fine-tune jobs yet.")
+    # a file of the wrong kind: the API's message
+    panel.get_by_label("Dataset file").set_input_files(files("notes.txt", b"not a dataset"))
+    panel.get_by_role("button", name="Upload and start").click()
+    with server.client() as api:
+        refused = api.post("/v1/files", files={"file": ("notes.txt", b"not a dataset")}).json()["error"]
+    expect(panel.get_by_role("alert").locator(".message")).to_have_text(refused["message"])
+
     panel.get_by_label("Dataset file").set_input_files(files("colors.zip", colors_zip(8, seed=0)))
     panel.get_by_label("Task").select_option("image_classification")
     expect(panel.locator("#finetune-format")).to_contain_text("one sub-folder per class")
@@ -69,6 +77,7 @@ def test_fine_tune_follow_the_job_and_activate_its_version(
     expect(progress).to_have_js_property("value", 1)
     expect(job.locator(".job-step")).to_contain_text("(100.0 %)")
     expect(job.locator(".result-model")).to_have_text(new)
+    first_job = job.locator("h3 code").inner_text()
     expect(panel.locator("#finetune-jobs tbody tr").first).to_contain_text("succeeded")
     playground.shot("finetune")
 
@@ -104,3 +113,14 @@ def test_fine_tune_follow_the_job_and_activate_its_version(
     expect(models.locator("#models-status")).to_have_text(f"Now serving {base} (was {new}).")
     expect(models.locator(f'tr[data-model="{base}"] .badge')).to_have_text(["active", "serving"])
     playground.shot("models-after-fine-tune")
+
+    # another job, cancelled from its card: it ends cancelled and registers nothing
+    page.get_by_role("tab", name="Fine-tune").click()
+    panel.get_by_role("button", name="Upload and start").click()
+    expect(job.locator("h3")).not_to_contain_text(first_job)
+    job.get_by_role("button", name="Cancel job").click()
+    expect(state).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
+    expect(job.get_by_role("button", name="Cancel job")).to_be_hidden()
+    expect(panel.locator("#finetune-jobs tbody tr").first).to_contain_text("cancelled")
+    with server.client() as api:
+        assert [m["id"] for m in api.get("/v1/models").json()["data"]] == [base, new]

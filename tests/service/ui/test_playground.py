@@ -4,6 +4,7 @@ for the same request (and, where the model is clearly right, against the truth).
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,20 @@ def test_classify_ranks_labels_and_uses_the_models_heads(
     assert {label for label, _ in shown_bars(panel)} == {"match", "no_match"}
 
 
-def test_ask_answers_a_question_about_an_image(playground: Playground, files: Any) -> None:
+def test_ask_answers_a_question_about_a_dropped_image(playground: Playground) -> None:
     page = playground.open("ask")
     panel = page.get_by_role("tabpanel", name="Ask")
-    panel.get_by_label("Image file").set_input_files(files("green square.png", shape_png("green", "square")))
+    transfer = page.evaluate_handle(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dropped = new DataTransfer();
+            dropped.items.add(new File([bytes], "green square.png", { type: "image/png" }));
+            return dropped;
+        }""",
+        base64.b64encode(shape_png("green", "square")).decode("ascii"),
+    )
+    panel.locator(".picker").dispatch_event("drop", {"dataTransfer": transfer})
+    expect(panel.get_by_role("img", name="green square.png")).to_be_visible()
     panel.get_by_label("Question").fill("what color is the square?")
     panel.get_by_role("button", name="Ask").click()
     expect(panel.locator(".top-label")).to_have_text("green")
