@@ -40,6 +40,16 @@ export function describe(error) {
   return { title: `${where}:`, message: error.message, advice: "" };
 }
 
+const keyLink = () =>
+  h("a", {
+    href: "#api-key",
+    text: "Go to the key field",
+    onClick: (event) => {
+      event.preventDefault(); // focus the field; the hash keeps naming the open section
+      document.getElementById("api-key").focus();
+    },
+  });
+
 /** Show `error` in a role="alert" box (an Error, or a plain message for checks made in the page). */
 export function showError(box, error) {
   const { title, message, advice } =
@@ -48,16 +58,7 @@ export function showError(box, error) {
     title ? h("strong", { text: title }) : "",
     title ? " " : "",
     h("span", { class: "message", text: message }),
-    advice
-      ? h(
-          "span",
-          { class: "advice" },
-          " ",
-          advice,
-          " ",
-          h("a", { href: "#api-key", text: "Go to the key field" }),
-        )
-      : "",
+    advice ? h("span", { class: "advice" }, advice, " ", keyLink()) : "",
   );
   box.hidden = false;
 }

@@ -175,6 +175,8 @@ def test_a_missing_or_wrong_key_explains_itself(playground: Playground, server: 
     expect(alert).to_contain_text("This server needs an API key (401).")
     expect(alert.locator(".message")).to_have_text(invalid)
     expect(alert).to_contain_text("API key field at the top of the page")
+    alert.get_by_role("link", name="Go to the key field").click()
+    expect(page.get_by_label("API key")).to_be_focused()
     playground.shot("error-401")
 
     page.get_by_label("API key").fill(API_KEY)
