@@ -12,7 +12,7 @@ const API_ROOT = new URL("../", document.baseURI);
 // models or heads.
 export const events = new EventTarget();
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(status, message, { code = "error", type = "", param = null } = {}) {
     super(message);
     this.name = "ApiError";

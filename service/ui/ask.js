@@ -1,7 +1,7 @@
 // Ask: POST /v1/vqa, an image and a question -> ranked answers of the model's VQA head.
 
 import { post } from "./api.js";
-import { $, busy, clear, h, percent, rankedBars, showError } from "./dom.js";
+import { $, clear, h, onSubmit, percent, rankedBars, showError } from "./dom.js";
 import { imagePicker } from "./images.js";
 
 export function initAsk() {
@@ -10,33 +10,30 @@ export function initAsk() {
   const result = $("#ask-result");
   const picker = imagePicker($("#ask-image"));
 
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    busy(form.querySelector('button[type="submit"]'), errorBox, async () => {
-      const [image] = await picker.images();
-      if (!image) {
-        showError(errorBox, "Choose, drop or draw an image first.");
-        return;
-      }
-      const question = $("#ask-question").value;
-      clear(result);
-      const body = await post("v1/vqa", {
-        image: image.dataUri,
-        question,
-        top_k: Number($("#ask-top-k").value) || 5,
-      });
-      const [top] = body.answers;
-      result.append(
-        h(
-          "p",
-          { class: "verdict" },
-          "Answer: ",
-          h("strong", { class: "top-label", text: top.answer }),
-          ` (${percent(top.score)})`,
-        ),
-        rankedBars(body.answers, { caption: `Answers to “${question}”`, labelKey: "answer" }),
-        h("p", { class: "hint", text: `${body.model} · ${body.usage.prompt_tokens} tokens` }),
-      );
+  onSubmit(form, errorBox, async () => {
+    const [image] = await picker.images();
+    if (!image) {
+      showError(errorBox, "Choose, drop or draw an image first.");
+      return;
+    }
+    const question = $("#ask-question").value;
+    clear(result);
+    const body = await post("v1/vqa", {
+      image: image.dataUri,
+      question,
+      top_k: Number($("#ask-top-k").value) || 5,
     });
+    const [top] = body.answers;
+    result.append(
+      h(
+        "p",
+        { class: "verdict" },
+        "Answer: ",
+        h("strong", { class: "top-label", text: top.answer }),
+        ` (${percent(top.score)})`,
+      ),
+      rankedBars(body.answers, { caption: `Answers to “${question}”`, labelKey: "answer" }),
+      h("p", { class: "hint", text: `${body.model} · ${body.usage.prompt_tokens} tokens` }),
+    );
   });
 }

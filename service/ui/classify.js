@@ -1,7 +1,7 @@
 // Classify: POST /v1/classify, zero-shot over the user's labels or a head of the served model.
 
 import { events, post } from "./api.js";
-import { $, busy, clear, h, parseList, percent, rankedBars, showError } from "./dom.js";
+import { $, clear, h, onSubmit, parseList, percent, rankedBars, showError } from "./dom.js";
 import { imagePicker } from "./images.js";
 import { servingCard } from "./models-state.js";
 
@@ -86,21 +86,18 @@ export function initClassify() {
 
   kinds.forEach((radio) => radio.addEventListener("change", showInputs));
   method.addEventListener("change", onMethod);
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    busy(form.querySelector('button[type="submit"]'), errorBox, async () => {
-      const input = await inputOf(kind());
-      if (!input) {
-        showError(errorBox, "Choose, drop or draw an image first.");
-        return;
-      }
-      const head = method.value;
-      const body = head
-        ? { input, head }
-        : { input, labels: parseList($("#classify-labels").value), template: $("#classify-template").value };
-      clear(result);
-      render(await post("v1/classify", body), input);
-    });
+  onSubmit(form, errorBox, async () => {
+    const input = await inputOf(kind());
+    if (!input) {
+      showError(errorBox, "Choose, drop or draw an image first.");
+      return;
+    }
+    const head = method.value;
+    const body = head
+      ? { input, head }
+      : { input, labels: parseList($("#classify-labels").value), template: $("#classify-template").value };
+    clear(result);
+    render(await post("v1/classify", body), input);
   });
   events.addEventListener("models-changed", loadHeads);
   showInputs();

@@ -85,6 +85,21 @@ export async function busy(button, errorBox, work) {
   }
 }
 
+/** A button whose click runs `work` with the button busy and errors in `errorBox`. */
+export function actionButton(props, errorBox, work) {
+  const button = h("button", { type: "button", ...props });
+  button.addEventListener("click", () => busy(button, errorBox, work));
+  return button;
+}
+
+/** Wire a form: submitting it runs `work` with its submit button busy and errors in `errorBox`. */
+export function onSubmit(form, errorBox, work) {
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy(form.querySelector('button[type="submit"]'), errorBox, work);
+  });
+}
+
 export const percent = (p) => `${(100 * p).toFixed(1)} %`;
 export const fixed = (x, digits = 3) => (Number.isFinite(x) ? x.toFixed(digits) : "–");
 

@@ -2,7 +2,7 @@
 // the cosine-similarity matrix of all of them as a heat map.
 
 import { post } from "./api.js";
-import { $, busy, clear, fixed, h, showError } from "./dom.js";
+import { $, clear, fixed, h, onSubmit, showError } from "./dom.js";
 import { imagePicker } from "./images.js";
 
 const FIRST_VALUES = 6;
@@ -102,35 +102,32 @@ export function initEmbed() {
   const result = $("#embed-result");
   const picker = imagePicker($("#embed-images"));
 
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    busy(form.querySelector('button[type="submit"]'), errorBox, async () => {
-      const texts = $("#embed-texts")
-        .value.split("\n")
-        .map((t) => t.trim())
-        .filter(Boolean);
-      const images = await picker.images();
-      const inputs = [
-        ...texts.map((text) => ({ kind: "text", label: text, item: { text } })),
-        ...images.map((image) => ({ kind: "image", label: image.name, item: { image: image.dataUri } })),
-      ];
-      if (!inputs.length) {
-        showError(errorBox, "Type a text or choose an image to embed.");
-        return;
-      }
-      clear(result);
-      const body = await post("v1/embeddings", { input: inputs.map((input) => input.item) });
-      const vectors = body.data.sort((a, b) => a.index - b.index).map((d) => d.embedding);
-      result.append(
-        h("p", {
-          class: "verdict",
-          text:
-            `${inputs.length} inputs → ${vectors[0].length}-dimensional vectors ` +
-            `(${body.model}, ${body.usage.prompt_tokens} tokens)`,
-        }),
-        summaryTable(inputs, vectors),
-        inputs.length > 1 ? heatMap(inputs, vectors) : "",
-      );
-    });
+  onSubmit(form, errorBox, async () => {
+    const texts = $("#embed-texts")
+      .value.split("\n")
+      .map((t) => t.trim())
+      .filter(Boolean);
+    const images = await picker.images();
+    const inputs = [
+      ...texts.map((text) => ({ kind: "text", label: text, item: { text } })),
+      ...images.map((image) => ({ kind: "image", label: image.name, item: { image: image.dataUri } })),
+    ];
+    if (!inputs.length) {
+      showError(errorBox, "Type a text or choose an image to embed.");
+      return;
+    }
+    clear(result);
+    const body = await post("v1/embeddings", { input: inputs.map((input) => input.item) });
+    const vectors = body.data.sort((a, b) => a.index - b.index).map((d) => d.embedding);
+    result.append(
+      h("p", {
+        class: "verdict",
+        text:
+          `${inputs.length} inputs → ${vectors[0].length}-dimensional vectors ` +
+          `(${body.model}, ${body.usage.prompt_tokens} tokens)`,
+      }),
+      summaryTable(inputs, vectors),
+      inputs.length > 1 ? heatMap(inputs, vectors) : "",
+    );
   });
 }

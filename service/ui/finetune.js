@@ -3,7 +3,7 @@
 // registered (POST /v1/models/{id}/activate). Cancel: POST /v1/fine-tunes/{id}/cancel.
 
 import { get, events, post } from "./api.js";
-import { $, busy, clear, fixed, h, hideError, percent, showError } from "./dom.js";
+import { $, actionButton, clear, fixed, h, hideError, onSubmit, percent, showError } from "./dom.js";
 import { modelCards, modelsChanged } from "./models-state.js";
 
 const POLL_MS = 1000;
@@ -101,13 +101,10 @@ export function initFineTune() {
       metrics: h("dl", { class: "metrics" }),
       events: h("ol", { class: "events" }),
       outcome: h("div", { class: "job-outcome" }),
-      cancel: h("button", { type: "button", class: "danger small", text: "Cancel job" }),
-    };
-    parts.cancel.addEventListener("click", () =>
-      busy(parts.cancel, errorBox, async () =>
+      cancel: actionButton({ class: "danger small", text: "Cancel job" }, errorBox, async () =>
         update(parts, await post(`v1/fine-tunes/${encodeURIComponent(id)}/cancel`, {})),
       ),
-    );
+    };
     clear(view).append(
       h("h3", {}, "Job ", h("code", { text: id })),
       h("p", {}, "State: ", parts.state, parts.attempts, " ", parts.cancel),
@@ -145,16 +142,13 @@ export function initFineTune() {
     );
     if (job.state === "succeeded" && !parts.outcome.dataset.done) {
       parts.outcome.dataset.done = "true";
-      const activate = h("button", { type: "button", text: `Activate ${job.result_model}` });
       const note = h("span", { class: "hint", role: "status" });
-      activate.addEventListener("click", () =>
-        busy(activate, errorBox, async () => {
-          const done = await post(`v1/models/${encodeURIComponent(job.result_model)}/activate`, {});
-          note.textContent = ` Now serving ${done.model.id}.`;
-          activate.disabled = true;
-          modelsChanged();
-        }),
-      );
+      const activate = actionButton({ text: `Activate ${job.result_model}` }, errorBox, async () => {
+        const done = await post(`v1/models/${encodeURIComponent(job.result_model)}/activate`, {});
+        note.textContent = `Now serving ${done.model.id}.`;
+        activate.hidden = true; // done; the Models section switches versions from here on
+        modelsChanged();
+      });
       const m = job.metrics;
       clear(parts.outcome).append(
         h(
@@ -200,30 +194,27 @@ export function initFineTune() {
     loadJobs();
   }
 
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    busy(form.querySelector('button[type="submit"]'), errorBox, async () => {
-      const file = $("#finetune-file").files[0];
-      if (!file) {
-        showError(errorBox, "Choose a dataset file (.jsonl or .zip) first.");
-        return;
-      }
-      const upload = new FormData();
-      upload.append("file", file, file.name);
-      upload.append("purpose", "fine-tune");
-      const stored = await post("v1/files", upload);
-      const request = {
-        task: task.value,
-        model: base.value,
-        training_file: stored.id,
-        hyperparameters: hyperparameters(),
-      };
-      const head = $("#finetune-head").value.trim();
-      if (head) request.head = head;
-      const job = await post("v1/fine-tunes", request);
-      loadJobs();
-      show(job.id);
-    });
+  onSubmit(form, errorBox, async () => {
+    const file = $("#finetune-file").files[0];
+    if (!file) {
+      showError(errorBox, "Choose a dataset file (.jsonl or .zip) first.");
+      return;
+    }
+    const upload = new FormData();
+    upload.append("file", file, file.name);
+    upload.append("purpose", "fine-tune");
+    const stored = await post("v1/files", upload);
+    const request = {
+      task: task.value,
+      model: base.value,
+      training_file: stored.id,
+      hyperparameters: hyperparameters(),
+    };
+    const head = $("#finetune-head").value.trim();
+    if (head) request.head = head;
+    const job = await post("v1/fine-tunes", request);
+    loadJobs();
+    show(job.id);
   });
 
   task.addEventListener("change", describeTask);

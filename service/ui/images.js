@@ -34,7 +34,7 @@ function drawShape(ctx, { color, shape, radius, x, y }) {
 }
 
 /** A random scene of 1-3 shapes that do not overlap -> {name, dataUri, description}. */
-export function sampleScene() {
+function sampleScene() {
   const canvas = document.createElement("canvas");
   canvas.width = canvas.height = SCENE;
   const ctx = canvas.getContext("2d");

@@ -2,7 +2,7 @@
 // figures of its manifest), POST /v1/models/{id}/activate.
 
 import { events, get, post } from "./api.js";
-import { $, busy, clear, fixed, h, hideError, showError } from "./dom.js";
+import { $, actionButton, clear, fixed, h, hideError, showError } from "./dom.js";
 import { modelCards, modelsChanged } from "./models-state.js";
 
 const GROUPS = ["vision", "language", "multimodal", "overall"];
@@ -129,26 +129,20 @@ export function initModels() {
 
   function row(card) {
     const actions = h("td", { class: "row-actions" });
-    const details = h("button", {
-      type: "button",
-      class: "secondary small",
-      "aria-label": `Details of ${card.id}`,
-      text: "Details",
-    });
-    details.addEventListener("click", () => {
-      pinned = card.id;
-      busy(details, errorBox, () => showDetail(card.id));
-    });
+    const details = actionButton(
+      { class: "secondary small", "aria-label": `Details of ${card.id}`, text: "Details" },
+      errorBox,
+      () => {
+        pinned = card.id;
+        return showDetail(card.id);
+      },
+    );
     actions.append(details);
     if (!(card.active && card.serving)) {
-      const activate = h("button", {
-        type: "button",
-        class: "small",
-        "aria-label": `Activate ${card.id}`,
-        text: "Activate",
-      });
-      activate.addEventListener("click", () =>
-        busy(activate, errorBox, async () => {
+      const activate = actionButton(
+        { class: "small", "aria-label": `Activate ${card.id}`, text: "Activate" },
+        errorBox,
+        async () => {
           status.textContent = `Activating ${card.id}…`;
           const done = await post(`v1/models/${encodeURIComponent(card.id)}/activate`, {});
           status.textContent =
@@ -156,7 +150,7 @@ export function initModels() {
             (done.previous && done.changed ? ` (was ${done.previous}).` : ".");
           pinned = null;
           modelsChanged();
-        }),
+        },
       );
       actions.append(" ", activate);
     }

@@ -2,7 +2,7 @@
 // images (kept with a server-side thumbnail) and texts; search by text or image; delete hits.
 
 import { del, events, get, post } from "./api.js";
-import { $, busy, clear, fixed, h, hideError, showError } from "./dom.js";
+import { $, actionButton, busy, clear, fixed, h, hideError, onSubmit, showError } from "./dom.js";
 import { imagePicker } from "./images.js";
 
 // Adds are sent in chunks, well below the server's default limits (256 items, 32 MiB a request).
@@ -107,14 +107,11 @@ export function initSearch() {
     return selected().name;
   }
 
-  $("#search-create").addEventListener("submit", (event) => {
-    event.preventDefault();
-    busy(event.submitter ?? event.target.querySelector("button"), errorBox, async () => {
-      const name = $("#search-new-name").value.trim();
-      await post("v1/collections", { name, description: "created in the playground" });
-      await loadCollections(name);
-      addStatus.textContent = `Created collection ${name}.`;
-    });
+  onSubmit($("#search-create"), errorBox, async () => {
+    const name = $("#search-new-name").value.trim();
+    await post("v1/collections", { name, description: "created in the playground" });
+    await loadCollections(name);
+    addStatus.textContent = `Created collection ${name}.`;
   });
 
   deleteButton.addEventListener("click", () => {
@@ -130,55 +127,51 @@ export function initSearch() {
 
   select.addEventListener("change", describeSelected);
 
-  $("#search-add").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const button = event.target.querySelector('button[type="submit"]');
-    busy(button, errorBox, async () => {
-      let name, metadata;
-      try {
-        name = requireCollection();
-        metadata = metadataOf($("#search-add-metadata").value);
-      } catch (problem) {
-        showError(errorBox, problem.message);
-        return;
+  onSubmit($("#search-add"), errorBox, async () => {
+    let name, metadata;
+    try {
+      name = requireCollection();
+      metadata = metadataOf($("#search-add-metadata").value);
+    } catch (problem) {
+      showError(errorBox, problem.message);
+      return;
+    }
+    const images = await addPicker.images();
+    const texts = $("#search-add-texts")
+      .value.split("\n")
+      .map((t) => t.trim())
+      .filter(Boolean);
+    if (!images.length && !texts.length) {
+      showError(errorBox, "Choose or drop images, or type texts, to add.");
+      return;
+    }
+    const items = [
+      ...images.map((image) => ({
+        id: image.name,
+        image: image.dataUri,
+        thumbnail: true, // the server keeps a small copy, so hits can show the picture
+        metadata: { file: image.name, ...metadata },
+      })),
+      ...texts.map((text) => ({ id: textId(text), text, metadata })),
+    ];
+    let added = 0;
+    let updated = 0;
+    const parts = chunks(items);
+    try {
+      for (const [index, part] of parts.entries()) {
+        addStatus.textContent = `Adding ${part.length} items (request ${index + 1} of ${parts.length})…`;
+        const body = await post(`v1/collections/${encodeURIComponent(name)}/items`, { items: part });
+        added += body.added;
+        updated += body.updated;
       }
-      const images = await addPicker.images();
-      const texts = $("#search-add-texts")
-        .value.split("\n")
-        .map((t) => t.trim())
-        .filter(Boolean);
-      if (!images.length && !texts.length) {
-        showError(errorBox, "Choose or drop images, or type texts, to add.");
-        return;
-      }
-      const items = [
-        ...images.map((image) => ({
-          id: image.name,
-          image: image.dataUri,
-          thumbnail: true, // the server keeps a small copy, so hits can show the picture
-          metadata: { file: image.name, ...metadata },
-        })),
-        ...texts.map((text) => ({ id: textId(text), text, metadata })),
-      ];
-      let added = 0;
-      let updated = 0;
-      const parts = chunks(items);
-      try {
-        for (const [index, part] of parts.entries()) {
-          addStatus.textContent = `Adding ${part.length} items (request ${index + 1} of ${parts.length})…`;
-          const body = await post(`v1/collections/${encodeURIComponent(name)}/items`, { items: part });
-          added += body.added;
-          updated += body.updated;
-        }
-      } finally {
-        addStatus.textContent =
-          `${name}: ${added} added, ${updated} updated` +
-          (added + updated < items.length ? ` of ${items.length}.` : ".");
-        await loadCollections(name);
-      }
-      addPicker.clear();
-      $("#search-add-texts").value = "";
-    });
+    } finally {
+      addStatus.textContent =
+        `${name}: ${added} added, ${updated} updated` +
+        (added + updated < items.length ? ` of ${items.length}.` : ".");
+      await loadCollections(name);
+    }
+    addPicker.clear();
+    $("#search-add-texts").value = "";
   });
 
   byRadios.forEach((radio) =>
@@ -233,66 +226,59 @@ export function initSearch() {
           : "",
       ),
     );
-    const remove = h("button", {
-      type: "button",
-      class: "danger small",
-      "aria-label": `Delete ${hit.id}`,
-      text: "Delete",
-    });
-    remove.addEventListener("click", () =>
-      busy(remove, errorBox, async () => {
+    const remove = actionButton(
+      { class: "danger small", "aria-label": `Delete ${hit.id}`, text: "Delete" },
+      errorBox,
+      async () => {
         await del(`v1/collections/${encodeURIComponent(collection)}/items/${encodeURIComponent(hit.id)}`);
         card.remove();
         addStatus.textContent = `Deleted ${hit.id} from ${collection}.`;
         await loadCollections(collection);
-      }),
+      },
     );
     card.querySelector(".about").append(remove);
     return card;
   }
 
-  searchForm.addEventListener("submit", (event) => {
-    event.preventDefault();
-    busy(searchForm.querySelector('button[type="submit"]'), errorBox, async () => {
-      let name;
-      try {
-        name = requireCollection();
-      } catch (problem) {
-        showError(errorBox, problem.message);
+  onSubmit(searchForm, errorBox, async () => {
+    let name;
+    try {
+      name = requireCollection();
+    } catch (problem) {
+      showError(errorBox, problem.message);
+      return;
+    }
+    const by = byRadios.find((r) => r.checked).value;
+    let query, what;
+    if (by === "image") {
+      const [image] = await queryPicker.images();
+      if (!image) {
+        showError(errorBox, "Choose, drop or draw a query image first.");
         return;
       }
-      const by = byRadios.find((r) => r.checked).value;
-      let query, what;
-      if (by === "image") {
-        const [image] = await queryPicker.images();
-        if (!image) {
-          showError(errorBox, "Choose, drop or draw a query image first.");
-          return;
-        }
-        query = { image: image.dataUri };
-        what = image.name;
-      } else {
-        query = { text: $("#search-query").value };
-        what = `“${query.text}”`;
-      }
-      const body = { query, top_k: Number($("#search-top-k").value) || 12 };
-      const modality = $("#search-modality").value;
-      if (modality) body.filter = { modality };
-      clear(result);
-      const found = await post(`v1/collections/${encodeURIComponent(name)}/search`, body);
-      hideError(errorBox);
-      result.append(
-        h("p", {
-          class: "verdict",
-          text: `${found.data.length} results for ${what} in ${name} (${found.model})`,
-        }),
-        h(
-          "ul",
-          { class: "hits", "aria-label": "Search results" },
-          found.data.map((hit, rank) => hitCard(hit, rank, name)),
-        ),
-      );
-    });
+      query = { image: image.dataUri };
+      what = image.name;
+    } else {
+      query = { text: $("#search-query").value };
+      what = `“${query.text}”`;
+    }
+    const body = { query, top_k: Number($("#search-top-k").value) || 12 };
+    const modality = $("#search-modality").value;
+    if (modality) body.filter = { modality };
+    clear(result);
+    const found = await post(`v1/collections/${encodeURIComponent(name)}/search`, body);
+    hideError(errorBox);
+    result.append(
+      h("p", {
+        class: "verdict",
+        text: `${found.data.length} results for ${what} in ${name} (${found.model})`,
+      }),
+      h(
+        "ul",
+        { class: "hits", "aria-label": "Search results" },
+        found.data.map((hit, rank) => hitCard(hit, rank, name)),
+      ),
+    );
   });
 
   events.addEventListener("models-changed", () => loadCollections()); // searchable follows the model
