@@ -1,7 +1,7 @@
 // Ask: POST /v1/vqa, an image and a question -> ranked answers of the model's VQA head.
 
 import { post } from "./api.js";
-import { $, clear, h, onSubmit, percent, rankedBars, showError } from "./dom.js";
+import { $, clear, h, onSubmit, percent, rankedBars } from "./dom.js";
 import { imagePicker } from "./images.js";
 
 export function initAsk() {
@@ -13,8 +13,7 @@ export function initAsk() {
   onSubmit(form, errorBox, async () => {
     const [image] = await picker.images();
     if (!image) {
-      showError(errorBox, "Choose, drop or draw an image first.");
-      return;
+      throw new Error("Choose, drop or draw an image first.");
     }
     const question = $("#ask-question").value;
     clear(result);

@@ -1,7 +1,7 @@
 // Classify: POST /v1/classify, zero-shot over the user's labels or a head of the served model.
 
 import { events, post } from "./api.js";
-import { $, clear, h, onSubmit, parseList, percent, rankedBars, showError } from "./dom.js";
+import { $, clear, h, onSubmit, parseList, percent, rankedBars } from "./dom.js";
 import { imagePicker } from "./images.js";
 import { servingCard } from "./models-state.js";
 
@@ -89,8 +89,7 @@ export function initClassify() {
   onSubmit(form, errorBox, async () => {
     const input = await inputOf(kind());
     if (!input) {
-      showError(errorBox, "Choose, drop or draw an image first.");
-      return;
+      throw new Error("Choose, drop or draw an image first.");
     }
     const head = method.value;
     const body = head

@@ -25,8 +25,12 @@ export function clear(el) {
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
-/** What the user reads for a failure: the API's message, with what to do about a 401. */
+/**
+ * What the user reads for a failure: the API's message (with what to do about a 401), or the message
+ * of an Error the page threw itself (a check before a request, e.g. "choose an image first").
+ */
 export function describe(error) {
+  if (error.status === undefined) return { title: "", message: error.message, advice: "" };
   if (error.status === 401) {
     return {
       title: "This server needs an API key (401).",
@@ -50,10 +54,9 @@ const keyLink = () =>
     },
   });
 
-/** Show `error` in a role="alert" box (an Error, or a plain message for checks made in the page). */
+/** Show `error` in a role="alert" box. */
 export function showError(box, error) {
-  const { title, message, advice } =
-    typeof error === "string" ? { title: "", message: error, advice: "" } : describe(error);
+  const { title, message, advice } = describe(error);
   clear(box).append(
     title ? h("strong", { text: title }) : "",
     title ? " " : "",

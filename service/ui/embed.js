@@ -2,7 +2,7 @@
 // the cosine-similarity matrix of all of them as a heat map.
 
 import { post } from "./api.js";
-import { $, clear, fixed, h, onSubmit, showError } from "./dom.js";
+import { $, clear, fixed, h, onSubmit } from "./dom.js";
 import { imagePicker } from "./images.js";
 
 const FIRST_VALUES = 6;
@@ -113,8 +113,7 @@ export function initEmbed() {
       ...images.map((image) => ({ kind: "image", label: image.name, item: { image: image.dataUri } })),
     ];
     if (!inputs.length) {
-      showError(errorBox, "Type a text or choose an image to embed.");
-      return;
+      throw new Error("Type a text or choose an image to embed.");
     }
     clear(result);
     const body = await post("v1/embeddings", { input: inputs.map((input) => input.item) });

@@ -74,8 +74,8 @@ export function initFineTune() {
           class: "secondary small",
           "aria-label": `Follow ${job.id}`,
           text: "Follow",
+          onClick: () => show(job.id),
         });
-        follow.addEventListener("click", () => show(job.id));
         return h(
           "tr",
           {},
@@ -197,8 +197,7 @@ export function initFineTune() {
   onSubmit(form, errorBox, async () => {
     const file = $("#finetune-file").files[0];
     if (!file) {
-      showError(errorBox, "Choose a dataset file (.jsonl or .zip) first.");
-      return;
+      throw new Error("Choose a dataset file (.jsonl or .zip) first.");
     }
     const upload = new FormData();
     upload.append("file", file, file.name);

@@ -86,10 +86,9 @@ export function initSearch() {
   async function loadCollections(choose = select.value) {
     try {
       collections = (await get("v1/collections")).data;
-      if (errorBox.querySelector(".advice")) hideError(errorBox); // a 401 from before the key was set
     } catch (problem) {
       collections = [];
-      showError(errorBox, problem);
+      if (problem.status !== 401) showError(errorBox, problem); // a 401: the page notice explains
     }
     clear(select);
     if (!collections.length) select.append(h("option", { value: "", text: "— none yet —" }));
@@ -128,22 +127,15 @@ export function initSearch() {
   select.addEventListener("change", describeSelected);
 
   onSubmit($("#search-add"), errorBox, async () => {
-    let name, metadata;
-    try {
-      name = requireCollection();
-      metadata = metadataOf($("#search-add-metadata").value);
-    } catch (problem) {
-      showError(errorBox, problem.message);
-      return;
-    }
+    const name = requireCollection();
+    const metadata = metadataOf($("#search-add-metadata").value);
     const images = await addPicker.images();
     const texts = $("#search-add-texts")
       .value.split("\n")
       .map((t) => t.trim())
       .filter(Boolean);
     if (!images.length && !texts.length) {
-      showError(errorBox, "Choose or drop images, or type texts, to add.");
-      return;
+      throw new Error("Choose or drop images, or type texts, to add.");
     }
     const items = [
       ...images.map((image) => ({
@@ -241,20 +233,13 @@ export function initSearch() {
   }
 
   onSubmit(searchForm, errorBox, async () => {
-    let name;
-    try {
-      name = requireCollection();
-    } catch (problem) {
-      showError(errorBox, problem.message);
-      return;
-    }
+    const name = requireCollection();
     const by = byRadios.find((r) => r.checked).value;
     let query, what;
     if (by === "image") {
       const [image] = await queryPicker.images();
       if (!image) {
-        showError(errorBox, "Choose, drop or draw a query image first.");
-        return;
+        throw new Error("Choose, drop or draw a query image first.");
       }
       query = { image: image.dataUri };
       what = image.name;
