@@ -7,10 +7,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # CPU build from this machine's disk; GPU images install their own torch.
 TORCH_SPEC ?= torch==2.13.0
-APT_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji wordnet-base fortunes fortunes-min redis-server
+# chromium (+ its driver, for Selenium users): the playground's browser tests drive Debian's build headless
+APT_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji wordnet-base fortunes fortunes-min redis-server \
+	chromium chromium-driver
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck venv system-deps pretrain-default data eval-default export-default bench clean
+.PHONY: serve test lint typecheck venv system-deps pretrain-default data eval-default export-default bench screenshots clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -62,6 +64,10 @@ eval-default: $(STAMP)
 
 export-default: $(STAMP)
 	$(VENV)/bin/momo export momo-tiny --int8 --no-torchscript
+
+# docs/ui/*.png: the playground's browser tests write a screenshot of each section they checked
+screenshots: $(STAMP)
+	MOMO_UI_SCREENSHOTS=$(CURDIR)/docs/ui $(VENV)/bin/pytest -q tests/service/ui
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_throughput.py

@@ -31,7 +31,7 @@ from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.responses import JSONResponse
 from service.retrieval import CollectionStore
-from service.routers import classify, collections, embeddings, models, ops, vqa
+from service.routers import classify, collections, embeddings, models, ops, ui, vqa
 from service.settings import Settings
 from service.urls import ImageFetcher
 
@@ -115,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.test_hooks:
         app.include_router(ops.hooks)
+    if settings.ui_enabled:
+        ui.mount(app)
     declare_bearer_auth(app, public_paths(settings))
     # add_middleware prepends: the last one added runs first (outermost).
     # the body limit, with dataset uploads (POST /v1/files) streamed under their own max_upload_bytes
@@ -130,10 +132,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def public_paths(settings: Settings) -> set[str]:
-    """The paths served without an API key; every other one needs a key (deny by default)."""
+    """The paths served without an API key; every other one needs a key (deny by default). An entry
+    ending in "/" covers the paths under it."""
     paths = {"/health", "/ready"}
     if settings.docs_enabled:
         paths |= {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
     if not settings.metrics_auth:
         paths.add("/metrics")
+    if settings.ui_enabled:  # the page's files; the page sends the key the user types to the API
+        paths |= {"/ui", "/ui/"}
     return paths

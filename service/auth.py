@@ -1,8 +1,9 @@
 """API keys, checked in pure ASGI middleware from the request head alone.
 
 `Authorization: Bearer <key>` must carry one of the configured keys on every path except the public
-ones (liveness, readiness, the docs and, with `metrics_auth` off, /metrics): deny by default, so a
-new router is protected without a line of its own. The check runs before the app — and every
+ones (liveness, readiness, the docs, the playground's static files and, with `metrics_auth` off,
+/metrics): deny by default, so a new router is protected without a line of its own. A public entry
+ending in "/" covers every path under it (the playground's assets under /ui/). The check runs before the app — and every
 middleware inside this one — reads a body byte, so a request without a valid key costs nothing: no
 JSON parsed (malformed JSON gets 401, not 422), nothing buffered or spooled to disk. The rest of the
 body is never read here; uvicorn discards what arrives, and the connection stays usable.
@@ -31,7 +32,11 @@ class APIKeyMiddleware:
     def __init__(self, app: ASGIApp, keys: Iterable[SecretStr], public_paths: Iterable[str]) -> None:
         self.app = app
         self._keys = [key.get_secret_value().encode("utf-8") for key in keys]
-        self.public_paths = frozenset(public_paths)
+        self.public_paths = frozenset(p for p in public_paths if not p.endswith("/"))
+        self.public_prefixes = tuple(p for p in public_paths if p.endswith("/"))
+
+    def _public(self, path: str) -> bool:
+        return path in self.public_paths or path.startswith(self.public_prefixes)
 
     def _authorized(self, scope: Scope) -> tuple[bool, str]:
         """(allowed, error code) from the Authorization header."""
@@ -45,7 +50,7 @@ class APIKeyMiddleware:
         return any(matches), "invalid_api_key"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.public_paths:
+        if scope["type"] != "http" or self._public(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
         allowed, code = self._authorized(scope)

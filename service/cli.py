@@ -73,7 +73,10 @@ def _serve(**flags: Any) -> None:
         if settings.auth_disabled
         else f"auth: ON — send 'Authorization: Bearer <key>' ({len(settings.api_keys)} key(s) configured)"
     )
-    typer.echo(f"momo serve on http://{settings.host}:{settings.port}  (docs: /docs, metrics: /metrics)")
+    url = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"momo serve on {url}  (docs: /docs, metrics: /metrics)")
+    if settings.ui_enabled:
+        typer.echo(f"  playground: {url}/ui/")
     typer.echo(f"  {model_line}")
     typer.echo(f"  {auth}")
     typer.echo(f"  collections: {settings.data_dir / 'collections'}")

@@ -253,6 +253,13 @@ class ModelCard(BaseModel):
     parent: str | None = None
 
 
+class ModelDetail(ModelCard):
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The manifest's figures: evaluation (`eval`), fine-tuning (`finetune`), pretraining.",
+    )
+
+
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]

@@ -110,6 +110,7 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
     log_level: str = Field(default="info", description="Logging level.")
     log_json: bool = Field(default=True, description="Structured JSON logs (one line per request).")
     docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
+    ui_enabled: bool = Field(default=True, description="Serve the web playground at /ui.")
     gc_freeze: bool = Field(
         default=True, description="Freeze the start-up heap out of the cyclic GC (fewer latency spikes)."
     )

@@ -10,11 +10,12 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from momo.artifact import MANIFEST_FILE
 from momo.store import VersionInfo
 from service.deps import EngineDep
 from service.engine import Engine
 from service.errors import APIError
-from service.schemas import Activation, ModelCard, ModelList
+from service.schemas import Activation, ModelCard, ModelDetail, ModelList
 from service.validation import model_reference
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -100,12 +101,28 @@ async def list_models(engine: EngineDep) -> dict[str, Any]:
     return {"object": "list", "data": await asyncio.to_thread(_cards, engine)}
 
 
-@router.get("/{model_id}", response_model=ModelCard, summary="One model version (name:version)")
+def _metrics(card: dict[str, Any], engine: Engine) -> dict[str, Any]:
+    """The metrics in a listed version's manifest, read from disk (`momo eval` records new figures
+    into the manifest of a version that may be serving)."""
+    current = engine.current
+    if card["serving"] and current is not None:  # also when served from a path outside the store
+        path = Path(current.artifact.path)
+    else:
+        path = engine.store.root / str(card["name"]) / str(card["version"])
+    metrics = _read(path / MANIFEST_FILE).get("metrics")
+    return metrics if isinstance(metrics, dict) else {}
+
+
+@router.get(
+    "/{model_id}",
+    response_model=ModelDetail,
+    summary="One model version (name:version), with the figures of its manifest",
+)
 async def get_model(model_id: str, engine: EngineDep) -> dict[str, Any]:
     model_reference(model_id, "model_id")
     for card in await asyncio.to_thread(_cards, engine):
         if model_id in (card["id"],) or (card["serving"] and model_id in ("momo", "active", card["name"])):
-            return card
+            return {**card, "metrics": await asyncio.to_thread(_metrics, card, engine)}
     raise APIError(404, f"no model {model_id!r}; list them with GET /v1/models", "model_not_found")
 
 

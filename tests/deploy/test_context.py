@@ -48,6 +48,8 @@ ALWAYS_IN_CONTEXT = [
     "momo/cli.py",
     "service/app.py",
     "service/routers/ops.py",
+    "service/ui/index.html",
+    "service/ui/app.js",
     "training/__init__.py",
     "docker/install.sh",
     "docker/requirements/api.txt",

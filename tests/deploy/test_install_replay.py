@@ -228,6 +228,10 @@ def test_api_install_serves_health_ready_and_requests(
     assert len(body["data"][0]["embedding"]) == test_config.embed_dim
     status, body = _get(f"{url}/v1/embeddings", {}, {"input": ["a red circle"]})
     assert status == 401, body
+    # the playground's static files are package data of the installed project (no source checkout)
+    for asset in ("", "app.js", "style.css"):
+        with urllib.request.urlopen(f"{url}/ui/{asset}", timeout=30) as response:
+            assert response.status == 200 and response.read(), asset
     # A clean stop on SIGTERM (what `docker stop` sends): uvicorn drains, the lifespan closes, then
     # it exits 0 or re-raises the signal (-15, i.e. 143 in a container).
     proc.send_signal(signal.SIGTERM)

@@ -9,6 +9,7 @@ import io
 import socket
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from tests.factories import random_model, register_random
 API_KEY = "test-key-123"
 SHAPES = ["circle", "square", "triangle"]
 TOPICS = ["fortune", "wordnet"]
+COLORS = {"red": (210, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 210)}
 
 
 def register_model(
@@ -66,6 +68,11 @@ def make_settings(model_store: Path, data_dir: Path, **overrides: Any) -> Settin
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def settings_env(values: dict[str, Any]) -> dict[str, str]:
+    """Settings as the MOMO_* environment variables a `momo serve` / `momo worker` process reads."""
+    return {f"MOMO_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
 
 
 class LiveServer:
@@ -213,3 +220,24 @@ def request_head(method: str, path: str, headers: dict[str, str] | None = None) 
         *(f"{k}: {v}" for k, v in (headers or {}).items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# --- datasets ------------------------------------------------------------------------------------
+def noisy_color_png(color: tuple[int, int, int], rng: np.random.Generator) -> bytes:
+    """A 20x20 PNG of one colour with per-pixel noise (an easy class for a fine-tuned head)."""
+    noise = rng.integers(-40, 40, size=(20, 20, 3))
+    pixels = np.clip(np.asarray(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def colors_zip(per_class: int, seed: int) -> bytes:
+    """An image-folder dataset as a zip (`red/000.png`, ...): `per_class` images of each of COLORS."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for label, color in COLORS.items():
+            for i in range(per_class):
+                zf.writestr(f"{label}/{i:03d}.png", noisy_color_png(color, rng))
+    return buf.getvalue()

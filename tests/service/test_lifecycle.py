@@ -109,6 +109,7 @@ def test_momo_serve_help_lists_every_setting() -> None:
         "--text-overflow",
         "--runtime",
         "--data-dir",
+        "--ui-enabled",
     ):
         assert flag in result.output
 
@@ -146,5 +147,6 @@ def test_momo_serve_without_a_model_or_keys(tmp_path: Path) -> None:
         output, _ = proc.communicate(timeout=60)
     assert "no model yet — run `make pretrain-default`" in output
     assert "auth: OFF" in output
+    assert f"playground: http://127.0.0.1:{port}/ui/" in output
     assert "Traceback" not in output
     shutil.rmtree(tmp_path / "data", ignore_errors=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from momo.artifact import update_manifest
 from momo.store import ModelStore
 from tests.service.helpers import LiveServer, assert_error, data_uri, make_settings, png_bytes
 
@@ -91,6 +92,21 @@ def test_models_listing(client: httpx.Client) -> None:
     assert cards["momo-bare:v1"]["heads"] == {}
     assert client.get("/v1/models/momo-test:v2").json()["id"] == "momo-test:v2"
     assert_error(client.get("/v1/models/nope:v9"), 404, "model_not_found")
+
+
+def test_a_versions_detail_has_the_figures_of_its_manifest(model_store: Path, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(model_store, root)
+    figures = {"eval": {"macro": {"overall": 0.5}}, "finetune": {"metric": "accuracy"}}
+    update_manifest(root / "momo-test" / "v2", metrics=figures)
+    with LiveServer(make_settings(root, tmp_path / "data")) as live, live.client() as c:
+        assert c.get("/v1/models/momo-test:v2").json()["metrics"] == figures
+        assert c.get("/v1/models/momo").json()["metrics"] == {}
+        update_manifest(root / "momo-test" / "v1", metrics=figures)  # e.g. `momo eval` of the served version
+        assert c.get("/v1/models/momo-test:v1").json()["metrics"] == figures
+        assert all(
+            "metrics" not in card for card in c.get("/v1/models").json()["data"]
+        )  # the list stays lean
 
 
 def test_activation_under_load_drops_nothing(model_store: Path, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import pytest
 
 from momo.store import ModelStore
 from tests.factories import register_random
-from tests.service.helpers import LiveServer, make_settings
+from tests.service.helpers import LiveServer, make_settings, settings_env
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -164,9 +164,7 @@ def job_env(
         "job_sweep_interval_s": 1.0,
         **extra,
     }
-    env = {
-        f"MOMO_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items()
-    }
+    env = settings_env(settings)
     env["MOMO_LOG_LEVEL"] = "info"
     overrides = {k: v for k, v in settings.items() if k not in ("model_store", "data_dir")}
     return env, overrides

@@ -5,36 +5,13 @@ activate, classify with the new head; the worker stops with the API."""
 from __future__ import annotations
 
 import base64
-import io
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.service.helpers import LiveServer, make_settings
-
-COLORS = {"red": (210, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 210)}
-
-
-def _image(color: tuple[int, int, int], rng: np.random.Generator) -> bytes:
-    noise = rng.integers(-40, 40, size=(20, 20, 3))
-    pixels = np.clip(np.asarray(color)[None, None, :] + noise, 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _colors_zip(per_class: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for label, color in COLORS.items():
-            for i in range(per_class):
-                zf.writestr(f"{label}/{i:03d}.png", _image(color, rng))
-    return buf.getvalue()
+from tests.service.helpers import COLORS, LiveServer, colors_zip, make_settings, noisy_color_png
 
 
 def test_embedded_broker_and_worker(tmp_path: Path, base_store: Path) -> None:
@@ -49,11 +26,13 @@ def test_embedded_broker_and_worker(tmp_path: Path, base_store: Path) -> None:
     )
     assert settings.embedded_broker and settings.job_worker == "auto"
     rng = np.random.default_rng(99)
-    held_out = [(label, base64.b64encode(_image(color, rng)).decode()) for label, color in COLORS.items()] * 4
+    held_out = [
+        (label, base64.b64encode(noisy_color_png(color, rng)).decode()) for label, color in COLORS.items()
+    ] * 4
     with LiveServer(settings) as server, server.client() as client:
         jobs = server.app.state.jobs
         assert jobs.worker is not None and not jobs.worker.alive()  # started at the first job only
-        r = client.post("/v1/files", files={"file": ("colors.zip", _colors_zip(24, 0), "application/zip")})
+        r = client.post("/v1/files", files={"file": ("colors.zip", colors_zip(24, 0), "application/zip")})
         assert r.status_code == 200, r.text
         inputs = [{"image": b64} for _, b64 in held_out]
         zero_shot = client.post("/v1/classify", json={"input": inputs, "labels": list(COLORS)}).json()
