@@ -3,10 +3,12 @@
 `Authorization: Bearer <key>` must carry one of the configured keys on every path except the public
 ones (liveness, readiness, the docs, the playground's static files and, with `metrics_auth` off,
 /metrics): deny by default, so a new router is protected without a line of its own. A public entry
-ending in "/" covers every path under it (the playground's assets under /ui/). The check runs before the app — and every
-middleware inside this one — reads a body byte, so a request without a valid key costs nothing: no
-JSON parsed (malformed JSON gets 401, not 422), nothing buffered or spooled to disk. The rest of the
-body is never read here; uvicorn discards what arrives, and the connection stays usable.
+ending in "/" covers every path under it (the playground's assets under /ui/).
+
+The check runs before the app — and every middleware inside this one — reads a body byte, so a
+request without a valid key costs nothing: no JSON parsed (malformed JSON gets 401, not 422),
+nothing buffered or spooled to disk. The rest of the body is never read here; uvicorn discards what
+arrives, and the connection stays usable.
 
 Keys are compared as bytes with `hmac.compare_digest` (constant time for each key) and never logged.
 """

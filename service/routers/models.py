@@ -15,7 +15,7 @@ from momo.store import VersionInfo
 from service.deps import EngineDep
 from service.engine import Engine
 from service.errors import APIError
-from service.schemas import Activation, ModelCard, ModelDetail, ModelList
+from service.schemas import Activation, ModelDetail, ModelList
 from service.validation import model_reference
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
