@@ -69,6 +69,9 @@ def test_the_page_loads_nothing_from_elsewhere() -> None:
 def test_ui_enabled_false_serves_no_page(model_store: Path, tmp_path: Path) -> None:
     settings = make_settings(model_store, tmp_path, ui_enabled=False)
     with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=30) as anonymous:
-        assert_error(anonymous.get("/ui/"), 404)
-        assert_error(anonymous.get("/ui/app.js"), 404)
+        # no longer a public path: deny by default, and with a key there is nothing there
+        assert_error(anonymous.get("/ui/"), 401, "missing_api_key")
+        with live.client() as client:
+            assert_error(client.get("/ui/"), 404)
+            assert_error(client.get("/ui/app.js"), 404)
         assert anonymous.get("/health").status_code == 200
