@@ -14,10 +14,10 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 
+from service.collections import CollectionStore
 from service.engine import Engine, ModelHandle
 from service.errors import APIError
 from service.metrics import Metrics
-from service.retrieval import CollectionStore
 from service.settings import Settings
 from service.urls import ImageFetcher
 
