@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def pgvector_server() -> Iterator[str]:
         pytest.skip("pgserver not installed (part of the dev extra) and MOMO_TEST_PGVECTOR_URL not set")
     # a short path: the server's Unix socket lives in its data directory (108-byte limit)
     with tempfile.TemporaryDirectory(prefix="momo-pg-") as directory:
-        server = pgserver.get_server(Path(directory) / "data", cleanup_mode="stop")
+        with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            server = pgserver.get_server(Path(directory) / "data", cleanup_mode="stop")
         try:
             yield server.get_uri()
         finally:

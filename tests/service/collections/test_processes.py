@@ -74,17 +74,17 @@ def test_two_processes_on_one_store_lose_nothing_and_see_each_other(
         missing = [i for i in acknowledged if a.get(f"/v1/collections/shared/items/{i}").status_code != 200]
         assert missing == []
         # a write acknowledged by one process is read and searched through the other at once
+        fresh = {"a": "a photo of an ankle boot", "b": "the quick brown fox jumps over the lazy dog"}
         for name, writer, reader in (("a", a, b), ("b", b, a)):
             item_id = f"fresh-{name}"
             r = writer.post(
-                "/v1/collections/shared/items",
-                json={"items": [{"id": item_id, "text": f"a violet hexagon seen by {name}"}]},
+                "/v1/collections/shared/items", json={"items": [{"id": item_id, "text": fresh[name]}]}
             )
             assert r.status_code == 200, r.text
             assert reader.get(f"/v1/collections/shared/items/{item_id}").status_code == 200
             hits = reader.post(
                 "/v1/collections/shared/search",
-                json={"query": f"a violet hexagon seen by {name}", "top_k": 1},
+                json={"query": fresh[name], "top_k": 1},
             ).json()["data"]
             assert hits[0]["id"] == item_id
             assert reader.get("/v1/collections/shared").json()["count"] == len(acknowledged) + 1
