@@ -212,6 +212,14 @@ class CollectionStore(ABC):
     def items(self, name: str, batch: int = 1000) -> Iterator[list[NewItem]]:
         """Every item with its vector, in batches (for copying a collection to another store)."""
 
+    @abstractmethod
+    def ann_ready(self, name: str) -> dict[str, bool]:
+        """Per modality: does search use an HNSW index now (False while one is being built)?"""
+
+    @abstractmethod
+    def wait_indexed(self, timeout: float) -> None:
+        """Block until this process's background index builds are done (tests, benchmarks)."""
+
 
 def check_vectors(items: Sequence[NewItem], dim: int) -> np.ndarray:
     """(n, dim) float32 of the items' vectors, or 400 when one has another size."""

@@ -135,7 +135,7 @@ class PgvectorStore(CollectionStore):
         for modality in MODALITIES:
             key = (int(row["id"]), modality)
             size = int(row[f"{modality}_count"])
-            if not self.tuning.use_ann(row["index_kind"], size) or key in self._ready:
+            if size == 0 or not self.tuning.use_ann(row["index_kind"], size) or key in self._ready:
                 continue
             with self._lock:
                 if key in self._building:
@@ -188,10 +188,17 @@ class PgvectorStore(CollectionStore):
             with self._lock:
                 self._building.discard(key)
 
-    def wait_built(self, timeout: float) -> None:
-        """Join this process's index builds (tests, benchmarks)."""
+    def wait_indexed(self, timeout: float) -> None:
         for thread in list(self._threads):
             thread.join(timeout)
+
+    def ann_ready(self, name: str) -> dict[str, bool]:
+        row = self.get_row(name)
+        return {
+            m: self.tuning.use_ann(row["index_kind"], int(row[f"{m}_count"]))
+            and self._ann_ready(int(row["id"]), m)
+            for m in MODALITIES
+        }
 
     # --- collections ---------------------------------------------------------------------------------
     def list_collections(self) -> list[CollectionInfo]:

@@ -272,6 +272,7 @@ class SQLiteStore(CollectionStore):
                 )
         except sqlite3.IntegrityError as exc:
             raise CollectionError(409, f"collection {name!r} already exists", "collection_exists") from exc
+        self._index(name)  # in process from the start: our own writes then go straight into it
         return self.get(name)
 
     def delete(self, name: str) -> None:
@@ -470,6 +471,15 @@ class SQLiteStore(CollectionStore):
             ]
             last = rows[-1]["key"]
 
-    def index_of(self, name: str, modality: str) -> ModalityIndex:
-        """The in-process index of one modality (tests and benchmarks wait on its graph builds)."""
-        return self._index(name).indexes[modality]
+    def ann_ready(self, name: str) -> dict[str, bool]:
+        indexes = self._index(name).indexes
+        return {
+            m: index.ann_ready and self.tuning.use_ann(index.kind, index.size) for m, index in indexes.items()
+        }
+
+    def wait_indexed(self, timeout: float) -> None:
+        with self._lock:
+            loaded = list(self._loaded.values())
+        for collection in loaded:
+            for index in collection.indexes.values():
+                index.wait_built(timeout)
