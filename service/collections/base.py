@@ -205,8 +205,10 @@ class CollectionStore(ABC):
         top_k: int,
         modality: str | None = None,
         metadata: dict[str, Any] | None = None,
+        exact: bool = False,
     ) -> list[Hit]:
-        """`query` (dim,) unit vector; `metadata` keeps items whose top-level keys equal these values."""
+        """`query` (dim,) unit vector; `metadata` keeps items whose top-level keys equal these values;
+        `exact` skips the ANN index (the ground truth its recall is measured against)."""
 
     @abstractmethod
     def items(self, name: str, batch: int = 1000) -> Iterator[list[NewItem]]:

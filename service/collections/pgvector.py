@@ -179,6 +179,9 @@ class PgvectorStore(CollectionStore):
                             f" WHERE collection_id = {collection_id} AND modality = '{modality}'"
                         )
                     )
+                    # fresh statistics, or the planner may keep scanning the btree of a table it
+                    # still believes small instead of using the new index
+                    conn.execute(text("ANALYZE collection_items"))
                     log.info("HNSW index %s is ready", name)
                 finally:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": BUILD_LOCK + collection_id})
@@ -351,6 +354,7 @@ class PgvectorStore(CollectionStore):
         top_k: int,
         modality: str | None = None,
         metadata: dict[str, Any] | None = None,
+        exact: bool = False,
     ) -> list[Hit]:
         row = self.get_row(name)
         cid, dim = int(row["id"]), int(row["dim"])
@@ -370,6 +374,7 @@ class PgvectorStore(CollectionStore):
                 scope = f"collection_id = {cid} AND modality = '{mod}'"
                 ann = (
                     not metadata
+                    and not exact
                     and self.tuning.use_ann(row["index_kind"], int(row[f"{mod}_count"]))
                     and self._ann_ready(cid, mod)
                 )

@@ -326,14 +326,16 @@ class SQLiteStore(CollectionStore):
             before, seq = row["seq"], row["seq"] + 1
             removed = [r["key"] for r in existing]
             self._remove(conn, row["id"], seq, removed)
-            keys = np.zeros(len(items), np.int64)
-            fields = []
-            for i, item in enumerate(items):
-                cursor = conn.execute(
-                    "INSERT INTO collection_items"
-                    " (collection_id, item_id, modality, text, metadata, thumbnail, seq, vector)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            # keys chosen here, under the write lock: AUTOINCREMENT's next values, never reused
+            last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'collection_items'").fetchone()
+            keys = np.arange(len(items), dtype=np.int64) + (last[0] if last else 0) + 1
+            conn.executemany(
+                "INSERT INTO collection_items"
+                " (key, collection_id, item_id, modality, text, metadata, thumbnail, seq, vector)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
+                        int(keys[i]),
                         row["id"],
                         item.id,
                         item.modality,
@@ -342,10 +344,15 @@ class SQLiteStore(CollectionStore):
                         item.thumbnail,
                         seq,
                         vectors[i].astype("<f4").tobytes(),
-                    ),
-                )
-                keys[i] = int(cursor.lastrowid or 0)
-                fields += [(row["id"], k, canonical_json(v), int(keys[i])) for k, v in item.metadata.items()]
+                    )
+                    for i, item in enumerate(items)
+                ],
+            )
+            fields = [
+                (row["id"], k, canonical_json(v), int(keys[i]))
+                for i, item in enumerate(items)
+                for k, v in item.metadata.items()
+            ]
             conn.executemany(
                 "INSERT INTO collection_item_fields (collection_id, field, value, key) VALUES (?, ?, ?, ?)",
                 fields,
@@ -414,6 +421,7 @@ class SQLiteStore(CollectionStore):
         top_k: int,
         modality: str | None = None,
         metadata: dict[str, Any] | None = None,
+        exact: bool = False,
     ) -> list[Hit]:
         conn = self._conn()
         row = self._row(conn, name)
@@ -422,7 +430,7 @@ class SQLiteStore(CollectionStore):
         allowed = self._filtered(conn, row["id"], metadata) if metadata else None
         scored: list[tuple[int, float]] = []
         for mod in (modality,) if modality else MODALITIES:
-            scored += loaded.indexes[mod].search(query, top_k, allowed)
+            scored += loaded.indexes[mod].search(query, top_k, allowed, exact=exact)
         if not scored:
             return []
         scores = dict(scored)

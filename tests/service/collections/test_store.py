@@ -110,7 +110,15 @@ def _exact_top(vectors: np.ndarray, query: np.ndarray, k: int, keep: np.ndarray 
     return {f"x{i}" for i in np.argsort(-scores)[:k]}
 
 
-def test_hnsw_recall_tombstones_and_replacements(store: CollectionStore) -> None:
+def test_hnsw_recall_tombstones_and_replacements(collections_url: str) -> None:
+    store = opened(collections_url, ef_search=200)  # 16-d, dense clusters: pgvector needs a wide list
+    try:
+        _hnsw_recall_tombstones_and_replacements(store)
+    finally:
+        store.close()
+
+
+def _hnsw_recall_tombstones_and_replacements(store: CollectionStore) -> None:
     store.create("ann", DIM, "m:v1", index="hnsw")
     vectors = clustered(3000, seed=3)
     for start in range(0, 3000, 500):

@@ -1,0 +1,85 @@
+"""The building blocks shared by every modality: attention, MLP and the pre-norm block.
+
+Attention is written with explicit reshapes around `scaled_dot_product_attention` so that an ONNX
+export keeps batch and sequence length dynamic (no shape is baked in as a Python int).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, num_heads: int, attention_dropout: float = 0.0, dropout: float = 0.0):
+        super().__init__()
+        if width % num_heads != 0:
+            raise ValueError(f"width {width} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.attention_dropout = attention_dropout
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, D); key_mask: (B, L) bool, True where a token may be attended to."""
+        batch, seq, width = x.shape
+        # (B, L, 3D) -> (B, L, 3, H, Dh) -> (3, B, H, L, Dh)
+        qkv = self.qkv(x).reshape(batch, seq, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
+        drop = self.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)  # (B, H, L, Dh)
+        out = out.transpose(1, 2).reshape(batch, seq, width)
+        return self.proj_drop(self.proj(out))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        mlp_width: int,
+        *,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=eps)
+        self.attn = Attention(width, num_heads, attention_dropout, dropout)
+        self.norm2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = MLP(width, mlp_width, dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Tower(nn.Module):
+    """A stack of blocks followed by a final LayerNorm."""
+
+    def __init__(self, blocks: list[Block], width: int, eps: float = 1e-6):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(width, eps=eps)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, key_mask)
+        return self.norm(x)

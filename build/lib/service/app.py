@@ -1,0 +1,121 @@
+"""The app factory: `create_app(settings)` builds a FastAPI app whose lifespan loads the model once.
+
+    uvicorn "service.app:create_app" --factory      # settings from MOMO_* environment variables
+    momo serve --store model_store                  # the same, with flags
+
+Lifespan: open the collection store (migrating its schema and any old-format collections), load
+and warm up the served model (the store's active
+version unless `model` is set), start its inference threads; on shutdown (after uvicorn has let
+in-flight requests finish) drain the queues, close the runtime and the collection store.
+With no model in the store the app still starts: /health answers, /ready says why it is not ready,
+model endpoints answer 503, and activating a version (POST /v1/models/{id}/activate) brings it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.collections import open_store, store_from_settings
+from service.deps import Authorized, Services, declare_bearer_auth
+from service.engine import Engine, freeze_heap
+from service.errors import install_error_handlers
+from service.jobs import router as jobs_router
+from service.jobs.service import JobService
+from service.jobs.uploads import UploadBodyLimitMiddleware
+from service.logs import configure_logging
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.routers import classify, collections, embeddings, models, ops, vqa
+from service.settings import Settings
+from service.urls import ImageFetcher
+
+log = logging.getLogger("momo.service")
+
+DESCRIPTION = """MoMo — one compact shared image+text encoder behind HTTP: OpenAI-compatible embeddings for
+texts and images, retrieval collections, zero-shot and fine-tuned classification, visual question
+answering. Authenticate with `Authorization: Bearer <key>` (unless the server runs with auth disabled).
+Errors are `{"error": {"message", "type", "code"}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    metrics = Metrics()
+    engine = Engine(settings, metrics)
+    collection_store = store_from_settings(settings)  # embedded or PostgreSQL, by collections_url
+    fetcher = ImageFetcher(
+        enabled=settings.image_urls_enabled,
+        timeout_s=settings.image_url_timeout_s,
+        max_bytes=settings.max_image_bytes,
+        max_redirects=settings.image_url_max_redirects,
+    )
+
+    jobs = JobService(settings, metrics)  # fine-tuning jobs (service/jobs): records, sweeper, embedded worker
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await jobs.start()  # refuses to start on a job-database schema mismatch
+        # schema migrations; collections of the old on-disk format are copied in on first start
+        await asyncio.to_thread(open_store, collection_store, settings.data_dir / "collections")
+        for collection in await asyncio.to_thread(collection_store.list_collections):
+            metrics.collection_items.labels(collection.name).set(collection.count)
+        await engine.start()
+        if settings.gc_freeze:
+            await asyncio.to_thread(freeze_heap)
+        log.info(
+            "ready" if engine.current else "started without a model",
+            extra={"auth": "on" if settings.auth_enabled else "off"},
+        )
+        try:
+            yield
+        finally:
+            await engine.close()
+            await asyncio.to_thread(collection_store.close)
+            await jobs.stop()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="MoMo",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = engine
+    app.state.collections = collection_store
+    app.state.fetcher = fetcher
+    app.state.services = Services(settings, metrics, engine, collection_store, fetcher)
+    app.state.jobs = jobs
+
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    for router in (
+        embeddings.router,
+        collections.router,
+        classify.router,
+        vqa.router,
+        models.router,
+        jobs_router.router,
+    ):
+        app.include_router(router, dependencies=[Authorized])
+    if settings.test_hooks:
+        app.include_router(ops.hooks)
+    declare_bearer_auth(app)
+    # add_middleware prepends: the last one added runs first (outermost).
+    # the body limit, with dataset uploads (POST /v1/files) streamed under their own max_upload_bytes
+    app.add_middleware(
+        UploadBodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
+    )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,108 @@
+"""POST /v1/embeddings — OpenAI-compatible, plus images."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service.deps import ModelDep, Services, ServicesDep
+from service.engine import ModelHandle
+from service.errors import bad_request
+from service.inputs import Parsed, check_model, image_tokens, load_images, parse_inputs, tokenize
+from service.schemas import EmbeddingRequest, EmbeddingResponse
+
+router = APIRouter(tags=["embeddings"])
+
+
+@dataclass
+class Embedded:
+    vectors: np.ndarray  # (n, E) unit vectors, in input order
+    tokens: int  # for `usage`
+    truncated: int  # texts cut to the model's limit
+    thumbnails: list[str | None]  # per input: a data URI for images that asked for one (Parsed.thumbnail)
+
+
+async def embed_parsed(
+    handle: ModelHandle,
+    parsed: list[Parsed],
+    services: Services,
+    param: str = "input",
+) -> Embedded:
+    """Embed texts and images (in the joint space) in input order."""
+    settings, fetcher, metrics = services.settings, services.fetcher, services.metrics
+    many = len(parsed) > 1
+    names = [f"{param}[{i}]" if many else param for i in range(len(parsed))]
+    text_idx = [i for i, p in enumerate(parsed) if p.modality == "text"]
+    image_idx = [i for i, p in enumerate(parsed) if p.modality == "image"]
+    prep = await tokenize(
+        handle, [parsed[i].text or "" for i in text_idx], settings, [names[i] for i in text_idx]
+    )
+    images = await load_images(
+        handle,
+        [parsed[i].image or "" for i in image_idx],
+        settings,
+        fetcher,
+        [names[i] for i in image_idx],
+        thumbnails=[parsed[i].thumbnail for i in image_idx],
+    )
+    text_vecs, image_vecs = await asyncio.gather(
+        handle.embed_texts(prep.rows), handle.embed_images(images.pixels)
+    )
+    out = np.empty((len(parsed), handle.dim), dtype=np.float32)
+    if text_idx:
+        out[text_idx] = text_vecs
+    if image_idx:
+        out[image_idx] = image_vecs
+    if text_idx:
+        metrics.inputs.labels("text").inc(len(text_idx))
+        metrics.tokens.inc(prep.total_tokens)
+        if prep.truncated:
+            metrics.truncated.inc(len(prep.truncated))
+    if image_idx:
+        metrics.inputs.labels("image").inc(len(image_idx))
+    tokens = prep.total_tokens + len(image_idx) * image_tokens(handle)
+    thumbnails: list[str | None] = [None] * len(parsed)
+    for i, thumbnail in zip(image_idx, images.thumbnails, strict=True):
+        thumbnails[i] = thumbnail
+    return Embedded(out, tokens, len(prep.truncated), thumbnails)
+
+
+def usage(tokens: int, truncated: int) -> dict[str, int]:
+    return {"prompt_tokens": tokens, "total_tokens": tokens, "truncated_inputs": truncated}
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    summary="Embed texts and images into the joint space (OpenAI-compatible)",
+)
+async def create_embeddings(body: EmbeddingRequest, handle: ModelDep, services: ServicesDep) -> Response:
+    check_model(handle, body.model)
+    if body.dimensions is not None and body.dimensions != handle.dim:
+        raise bad_request(
+            f"dimensions={body.dimensions} is not supported: {handle.reference} produces "
+            f"{handle.dim}-dimensional embeddings (omit 'dimensions' or send that value)",
+            "unsupported_dimensions",
+            "dimensions",
+        )
+    parsed = parse_inputs(body.input, body.modality, services.settings)
+    embedded = await embed_parsed(handle, parsed, services)
+    if body.encoding_format == "base64":
+        little = embedded.vectors.astype("<f4", copy=False)
+        embeddings: list[object] = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
+    else:
+        embeddings = embedded.vectors.tolist()
+    content = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)],
+        "model": handle.reference,
+        "usage": usage(embedded.tokens, embedded.truncated),
+    }
+    # Returned directly (not through response_model validation): the hot path stays cheap.
+    return Response(json.dumps(content, separators=(",", ":")), media_type="application/json")

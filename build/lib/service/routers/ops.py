@@ -1,0 +1,56 @@
+"""Operations: liveness, readiness, Prometheus metrics, and (opt-in) fault-injection hooks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import Authorized, EngineDep, MetricsDep
+from service.errors import APIError
+from service.schemas import Health, Readiness
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    summary="Readiness: a model is loaded and its inference workers run",
+    responses={503: {"description": "Not ready (no model yet, or a dead inference worker)"}},
+)
+async def ready(engine: EngineDep) -> Any:
+    ok, detail = engine.readiness()
+    if ok:
+        return detail
+    reason = str(detail.get("reason"))
+    body = {**detail, "error": {"message": reason, "type": "service_unavailable", "code": "not_ready"}}
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(registry: MetricsDep) -> Response:
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+hooks = APIRouter(
+    prefix="/internal/test", tags=["test hooks"], dependencies=[Authorized], include_in_schema=False
+)
+
+
+@hooks.post("/kill-worker/{queue}")
+async def kill_worker(queue: str, engine: EngineDep) -> dict[str, Any]:
+    """Make one inference thread die (only with MOMO_TEST_HOOKS=true): /ready must fail, requests 503."""
+    handle = engine.current
+    if handle is None or queue not in handle.queues:
+        raise APIError(404, f"no queue {queue!r}", "not_found")
+    await asyncio.to_thread(handle.queues[queue].kill_for_test)
+    return {"killed": queue}
