@@ -121,6 +121,20 @@ class SearchTuning:
         return kind == "hnsw" or (kind == "auto" and size >= self.threshold)
 
 
+def info_from_row(row: Any, metadata: dict[str, Any]) -> CollectionInfo:
+    """A `collections` row (either backend's row type) as a `CollectionInfo`."""
+    return CollectionInfo(
+        name=row["name"],
+        dim=int(row["dim"]),
+        model=row["model"],
+        index=row["index_kind"],
+        counts={"text": int(row["text_count"]), "image": int(row["image_count"])},
+        created_at=row["created_at"],
+        description=row["description"],
+        metadata=metadata,
+    )
+
+
 def _canonical(value: Any) -> Any:
     """JSON values compared as PostgreSQL's jsonb compares them: 1 == 1.0, key order ignored."""
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():

@@ -28,6 +28,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DBAPIError
 
+from momo.artifact import utc_now
 from service.collections.base import (
     MODALITIES,
     CollectionError,
@@ -42,6 +43,7 @@ from service.collections.base import (
     check_name,
     check_vectors,
     count_changes,
+    info_from_row,
     merge_hits,
     not_found,
 )
@@ -55,16 +57,7 @@ BUILD_LOCK = 0x6D6F6D6F0000  # + collection id: one replica builds a collection'
 
 
 def _info(row: RowMapping) -> CollectionInfo:
-    return CollectionInfo(
-        name=row["name"],
-        dim=row["dim"],
-        model=row["model"],
-        index=row["index_kind"],
-        counts={"text": int(row["text_count"]), "image": int(row["image_count"])},
-        created_at=row["created_at"],
-        description=row["description"],
-        metadata=dict(row["metadata"]),
-    )
+    return info_from_row(row, dict(row["metadata"]))
 
 
 def _index_name(collection_id: int, modality: str) -> str:
@@ -223,8 +216,6 @@ class PgvectorStore(CollectionStore):
         metadata: dict[str, Any] | None = None,
         created_at: str | None = None,
     ) -> CollectionInfo:
-        from momo.artifact import utc_now
-
         check_name(name)
         with self.engine.begin() as conn:
             created = conn.execute(

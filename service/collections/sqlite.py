@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from momo.artifact import utc_now
 from service.collections.base import (
     MODALITIES,
     CollectionError,
@@ -47,6 +48,7 @@ from service.collections.base import (
     check_name,
     check_vectors,
     count_changes,
+    info_from_row,
     merge_hits,
     not_found,
 )
@@ -72,16 +74,7 @@ class Loaded:
 
 
 def _info(row: sqlite3.Row) -> CollectionInfo:
-    return CollectionInfo(
-        name=row["name"],
-        dim=row["dim"],
-        model=row["model"],
-        index=row["index_kind"],
-        counts={"text": row["text_count"], "image": row["image_count"]},
-        created_at=row["created_at"],
-        description=row["description"],
-        metadata=json.loads(row["metadata"]),
-    )
+    return info_from_row(row, json.loads(row["metadata"]))
 
 
 def _vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
@@ -251,8 +244,6 @@ class SQLiteStore(CollectionStore):
         metadata: dict[str, Any] | None = None,
         created_at: str | None = None,
     ) -> CollectionInfo:
-        from momo.artifact import utc_now
-
         check_name(name)
         try:
             with self._transaction(write=True) as conn:

@@ -1,6 +1,0 @@
-"""Fine-tuning jobs (DESIGN §6): job records (`db`), settings, dataset uploads, the HTTP router and the
-API-side service (sending tasks by name, the stale-job sweeper, the embedded worker).
-
-Nothing here imports `training`: the API process uses all of it; the worker side
-(`service.worker`, `service.celery_tasks`) adds the training code. See README.md in this folder.
-"""
