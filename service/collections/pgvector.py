@@ -9,7 +9,7 @@ Search: exact (`ORDER BY embedding <#> q`, pgvector's negative inner product) be
 threshold and for filtered searches; above it (or for `index: hnsw` collections) an HNSW index per
 collection and modality: a partial expression index on `embedding::vector(dim)` (HNSW needs a fixed
 dimension; collections of several models have several). It is built in the background with
-`CREATE INDEX CONCURRENTLY` by one replica (an advisory lock), while exact search serves; the ANN
+`CREATE INDEX CONCURRENTLY` by one replica (`pgvector_hnsw.py`), while exact search serves; the ANN
 query takes `top_k * rescore` candidates at `hnsw.ef_search` and orders them exactly. Metadata
 filters are `metadata @> filter` (the GIN index) plus an exact `->` comparison per key; the filtered
 candidates are scored exactly, so a selective filter never scans the collection.
@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError
 
 from momo.artifact import utc_now
 from service.collections.base import (
@@ -47,21 +46,17 @@ from service.collections.base import (
     merge_hits,
     not_found,
 )
+from service.collections.pgvector_hnsw import HnswIndexes
 from service.collections.schema import sqlalchemy_url, upgrade
 
 log = logging.getLogger("momo.service.collections")
 
 COLUMNS = "id, name, dim, model, index_kind, description, metadata, created_at, text_count, image_count"
 HIT_COLUMNS = "item_id, modality, metadata, text, thumbnail"
-BUILD_LOCK = 0x6D6F6D6F0000  # + collection id: one replica builds a collection's HNSW indexes
 
 
 def _info(row: RowMapping) -> CollectionInfo:
     return info_from_row(row, dict(row["metadata"]))
-
-
-def _index_name(collection_id: int, modality: str) -> str:
-    return f"ix_collection_items_hnsw_{collection_id}_{modality}"
 
 
 class PgvectorStore(CollectionStore):
@@ -73,10 +68,7 @@ class PgvectorStore(CollectionStore):
         self.tuning = tuning
         self.maintenance_work_mem = maintenance_work_mem
         self.engine = create_engine(sqlalchemy_url(url), pool_pre_ping=True, pool_size=8, max_overflow=8)
-        self._ready: set[tuple[int, str]] = set()  # HNSW indexes known to be valid
-        self._building: set[tuple[int, str]] = set()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self.hnsw = HnswIndexes(self.engine, tuning, maintenance_work_mem)
 
     # --- life cycle ----------------------------------------------------------------------------------
     def open(self) -> None:
@@ -90,7 +82,7 @@ class PgvectorStore(CollectionStore):
             register_vector(dbapi_connection)  # numpy arrays <-> vector, in binary
 
         for info in self.list_collections():
-            self._ensure_ann(self.get_row(info.name))
+            self.hnsw.ensure(self.get_row(info.name))
         log.info("PostgreSQL collection store %s", self.engine.url.render_as_string(hide_password=True))
 
     def close(self) -> None:
@@ -107,92 +99,14 @@ class PgvectorStore(CollectionStore):
             raise not_found(name)
         return row
 
-    # --- HNSW indexes --------------------------------------------------------------------------------
-    def _ann_ready(self, collection_id: int, modality: str) -> bool:
-        if (collection_id, modality) in self._ready:
-            return True
-        with self.engine.connect() as conn:
-            valid = conn.execute(
-                text(
-                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                    " WHERE c.relname = :name"
-                ),
-                {"name": _index_name(collection_id, modality)},
-            ).scalar()
-        if valid:
-            self._ready.add((collection_id, modality))
-        return bool(valid)
-
-    def _ensure_ann(self, row: RowMapping) -> None:
-        """Start background builds of the HNSW indexes this collection needs and lacks."""
-        for modality in MODALITIES:
-            key = (int(row["id"]), modality)
-            size = int(row[f"{modality}_count"])
-            if size == 0 or not self.tuning.use_ann(row["index_kind"], size) or key in self._ready:
-                continue
-            with self._lock:
-                if key in self._building:
-                    continue
-                self._building.add(key)
-            thread = threading.Thread(
-                target=self._build, args=(key, int(row["dim"])), name="pgvector-hnsw", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
-
-    def _build(self, key: tuple[int, str], dim: int) -> None:
-        collection_id, modality = key
-        name = _index_name(collection_id, modality)
-        try:
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                if not conn.execute(
-                    text("SELECT pg_try_advisory_lock(:k)"), {"k": BUILD_LOCK + collection_id}
-                ).scalar():
-                    return  # another replica builds it; `_ann_ready` sees it once valid
-                try:
-                    invalid = conn.execute(
-                        text(
-                            "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                            " WHERE c.relname = :name"
-                        ),
-                        {"name": name},
-                    ).scalar()
-                    if invalid:  # left by a build that was interrupted
-                        conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-                    conn.execute(
-                        text("SELECT set_config('maintenance_work_mem', :m, false)"),
-                        {"m": self.maintenance_work_mem},
-                    )
-                    m, ef_construction = self.tuning.m, self.tuning.ef_construction
-                    conn.execute(
-                        text(
-                            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON collection_items"
-                            f" USING hnsw ((embedding::vector({dim})) vector_ip_ops)"
-                            f" WITH (m = {m:d}, ef_construction = {ef_construction:d})"
-                            f" WHERE collection_id = {collection_id} AND modality = '{modality}'"
-                        )
-                    )
-                    # fresh statistics, or the planner may keep scanning the btree of a table it
-                    # still believes small instead of using the new index
-                    conn.execute(text("ANALYZE collection_items"))
-                    log.info("HNSW index %s is ready", name)
-                finally:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": BUILD_LOCK + collection_id})
-        except DBAPIError:
-            log.exception("building HNSW index %s failed; searches stay exact", name)
-        finally:
-            with self._lock:
-                self._building.discard(key)
-
     def wait_indexed(self, timeout: float) -> None:
-        for thread in list(self._threads):
-            thread.join(timeout)
+        self.hnsw.wait(timeout)
 
     def ann_ready(self, name: str) -> dict[str, bool]:
         row = self.get_row(name)
         return {
             m: self.tuning.use_ann(row["index_kind"], int(row[f"{m}_count"]))
-            and self._ann_ready(int(row["id"]), m)
+            and self.hnsw.ready(int(row["id"]), m)
             for m in MODALITIES
         }
 
@@ -238,19 +152,25 @@ class PgvectorStore(CollectionStore):
         if created is None:
             raise CollectionError(409, f"collection {name!r} already exists", "collection_exists")
         row = self.get_row(name)
-        self._ensure_ann(row)
+        self.hnsw.ensure(row)
         return _info(row)
 
     def delete(self, name: str) -> None:
         with self.engine.begin() as conn:
             row = self.get_row(name, conn, lock=True)
             conn.execute(text("DELETE FROM collections WHERE id = :id"), {"id": row["id"]})  # cascades
-            for modality in MODALITIES:
-                conn.execute(text(f"DROP INDEX IF EXISTS {_index_name(int(row['id']), modality)}"))
-        self._ready -= {(int(row["id"]), m) for m in MODALITIES}
+            self.hnsw.drop(conn, int(row["id"]))
 
     # --- items ---------------------------------------------------------------------------------------
     def upsert(self, name: str, items: Sequence[NewItem]) -> Written:
+        try:
+            return self._upsert(name, items)
+        except DataError as exc:  # e.g. NUL characters, which PostgreSQL text and jsonb cannot hold
+            raise CollectionError(
+                400, f"an item cannot be stored: {exc.orig}".splitlines()[0], "invalid_value"
+            ) from exc
+
+    def _upsert(self, name: str, items: Sequence[NewItem]) -> Written:
         with self.engine.begin() as conn:
             row = self.get_row(name, conn, lock=True)
             vectors = check_vectors(items, int(row["dim"]))
@@ -290,7 +210,7 @@ class PgvectorStore(CollectionStore):
                 text("UPDATE collections SET text_count = :t, image_count = :i WHERE id = :id"),
                 {"t": counts["text"], "i": counts["image"], "id": row["id"]},
             )
-        self._ensure_ann({**row, "text_count": counts["text"], "image_count": counts["image"]})  # type: ignore[arg-type]
+        self.hnsw.ensure({**row, "text_count": counts["text"], "image_count": counts["image"]})  # type: ignore[arg-type]
         return Written(added=added, updated=len(items) - added, count=sum(counts.values()))
 
     def delete_items(self, name: str, ids: Sequence[str]) -> Written:
@@ -367,7 +287,7 @@ class PgvectorStore(CollectionStore):
                     not metadata
                     and not exact
                     and self.tuning.use_ann(row["index_kind"], int(row[f"{mod}_count"]))
-                    and self._ann_ready(cid, mod)
+                    and self.hnsw.ready(cid, mod)
                 )
                 if ann:
                     conn.execute(

@@ -6,13 +6,9 @@ is fsynced at every commit). Metadata filters read `collection_item_fields` thro
 key, never a Python scan of every item.
 
 Several processes on one file (the workers of one machine): SQLite's lock serialises the writers;
-readers never wait for them (WAL). Every write bumps `collections.seq`; item rows carry the seq that
-wrote them, `collection_removals` the keys a write removed. Each process keeps its in-process index
-in step with the database: a read of a collection first compares the index's seq with the row's and
-applies the newer writes (`seq > ours`), so a write acknowledged by any process is seen by the next
-search of every other one - the bound is zero polling delay, at the cost of one indexed lookup per
-request. Removals are pruned `REMOVALS_KEPT` writes behind; a process that slept through more loads
-the collection again.
+readers never wait for them (WAL). Each process keeps its FAISS indexes in step with the others'
+writes through the change sequence (`sqlite_sync.py`): a write acknowledged by any process is found
+by the next search of every other one.
 
 The file must be on a local disk: SQLite's locking (and its WAL's shared memory) do not work on
 network filesystems (NFS, SMB, most FUSE mounts), where two processes would corrupt it.
@@ -26,7 +22,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,33 +47,18 @@ from service.collections.base import (
     merge_hits,
     not_found,
 )
-from service.collections.index import ModalityIndex
 from service.collections.schema import migrate_sqlite
+from service.collections.sqlite_sync import InProcessIndexes, Loaded, vectors_from_blobs
 
 log = logging.getLogger("momo.service.collections")
 
 REMOVALS_KEPT = 10_000  # writes of removal history kept for processes that lag behind
 PRUNE_EVERY = 1_000
-LOAD_BATCH = 10_000
 COLUMNS = "id, name, dim, model, index_kind, description, metadata, created_at, text_count, image_count"
-
-
-@dataclass
-class Loaded:
-    """One collection's in-process index, as of database seq `seq`."""
-
-    id: int
-    seq: int
-    indexes: dict[str, ModalityIndex]
-    sync: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _info(row: sqlite3.Row) -> CollectionInfo:
     return info_from_row(row, json.loads(row["metadata"]))
-
-
-def _vectors(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
 
 
 class SQLiteStore(CollectionStore):
@@ -90,8 +70,8 @@ class SQLiteStore(CollectionStore):
         self.tuning = tuning
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self._loaded: dict[str, Loaded] = {}  # by collection name
-        self._lock = threading.Lock()  # guards _loaded and _connections
+        self._lock = threading.Lock()  # guards _connections
+        self.indexes = InProcessIndexes(self._transaction, tuning)
 
     # --- connections and transactions ---------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -132,98 +112,21 @@ class SQLiteStore(CollectionStore):
     # --- life cycle ----------------------------------------------------------------------------------
     def open(self) -> None:
         migrate_sqlite(self.path)
-        for info in self.list_collections():  # warm: build every index now, not at the first search
+        collections = self.list_collections()
+        for info in collections:  # warm: build every index now, not at the first search
             self._index(info.name)
-        log.info("embedded collection store %s: %d collection(s)", self.path, len(self._loaded))
+        log.info("embedded collection store %s: %d collection(s)", self.path, len(collections))
 
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
-            self._loaded.clear()
+        self.indexes.clear()
         self._local = threading.local()
 
-    # --- the in-process index ------------------------------------------------------------------------
-    def _load(self, row: sqlite3.Row) -> Loaded:
-        kind, dim = row["index_kind"], row["dim"]
-        indexes = {m: ModalityIndex(dim, kind, self.tuning) for m in MODALITIES}
-        with self._transaction(write=False) as conn:
-            seq = conn.execute("SELECT seq FROM collections WHERE id = ?", (row["id"],)).fetchone()[0]
-            cursor = conn.execute(
-                "SELECT key, modality, vector FROM collection_items WHERE collection_id = ?", (row["id"],)
-            )
-            while batch := cursor.fetchmany(LOAD_BATCH):
-                for modality in MODALITIES:
-                    rows = [r for r in batch if r["modality"] == modality]
-                    if rows:
-                        keys = np.asarray([r["key"] for r in rows], np.int64)
-                        indexes[modality].add(keys, _vectors([r["vector"] for r in rows], dim), build=False)
-        for index in indexes.values():
-            index.ensure_graph()
-        return Loaded(row["id"], seq, indexes)
-
-    def _catch_up(self, loaded: Loaded, dim: int) -> None:
-        """Apply every write with seq > loaded.seq (caller holds loaded.sync)."""
-        with self._transaction(write=False) as snap:
-            seq = snap.execute("SELECT seq FROM collections WHERE id = ?", (loaded.id,)).fetchone()[0]
-            removed = [
-                r[0]
-                for r in snap.execute(
-                    "SELECT key FROM collection_removals WHERE collection_id = ? AND seq > ?",
-                    (loaded.id, loaded.seq),
-                )
-            ]
-            added = snap.execute(
-                "SELECT key, modality, vector FROM collection_items WHERE collection_id = ? AND seq > ?",
-                (loaded.id, loaded.seq),
-            ).fetchall()
-        for index in loaded.indexes.values():
-            index.remove(removed)
-        for modality in MODALITIES:
-            rows = [r for r in added if r["modality"] == modality]
-            if rows:
-                keys = np.asarray([r["key"] for r in rows], np.int64)
-                loaded.indexes[modality].add(keys, _vectors([r["vector"] for r in rows], dim))
-        loaded.seq = seq
-
     def _index(self, name: str, row: sqlite3.Row | None = None) -> Loaded:
-        """The collection's index, brought up to the database's seq."""
-        conn = self._conn()
-        row = row if row is not None else self._row(conn, name)
-        with self._lock:
-            loaded = self._loaded.get(name)
-        if loaded is None or loaded.id != row["id"] or loaded.seq < row["pruned_seq"]:
-            loaded = self._load(row)  # new to this process, re-created under the same name, or too far behind
-            with self._lock:
-                self._loaded[name] = loaded
-        if loaded.seq < row["seq"]:
-            with loaded.sync:
-                if loaded.seq < row["seq"]:
-                    self._catch_up(loaded, row["dim"])
-        return loaded
-
-    def _apply_own(
-        self,
-        name: str,
-        before: int,
-        after: int,
-        removed: list[int],
-        added: dict[str, tuple[np.ndarray, np.ndarray]],
-    ) -> None:
-        """After our commit: apply our own write directly when the index was exactly at `before`."""
-        with self._lock:
-            loaded = self._loaded.get(name)
-        if loaded is None:
-            return
-        with loaded.sync:
-            if loaded.seq != before:
-                return  # another write came between: the next read catches up from the database
-            for index in loaded.indexes.values():
-                index.remove(removed)
-            for modality, (keys, vectors) in added.items():
-                loaded.indexes[modality].add(keys, vectors)
-            loaded.seq = after
+        return self.indexes.get(name, row if row is not None else self._row(self._conn(), name))
 
     # --- collections ---------------------------------------------------------------------------------
     def list_collections(self) -> list[CollectionInfo]:
@@ -270,8 +173,7 @@ class SQLiteStore(CollectionStore):
         with self._transaction(write=True) as conn:
             row = self._row(conn, name)
             conn.execute("DELETE FROM collections WHERE id = ?", (row["id"],))  # cascades to the items
-        with self._lock:
-            self._loaded.pop(name, None)
+        self.indexes.drop(name)
 
     # --- items ---------------------------------------------------------------------------------------
     def _existing(
@@ -354,7 +256,7 @@ class SQLiteStore(CollectionStore):
             mask = np.asarray([it.modality == modality for it in items], bool)
             if mask.any():
                 by_modality[modality] = (keys[mask], vectors[mask])
-        self._apply_own(name, before, seq, removed, by_modality)
+        self.indexes.apply_own(name, before, seq, removed, by_modality)
         return Written(added=added, updated=len(items) - added, count=sum(counts.values()))
 
     def delete_items(self, name: str, ids: Sequence[str]) -> Written:
@@ -371,7 +273,7 @@ class SQLiteStore(CollectionStore):
             removed = [r["key"] for r in existing.values()]
             self._remove(conn, row["id"], seq, removed)
             self._finish(conn, row, seq, counts)
-        self._apply_own(name, before, seq, removed, {})
+        self.indexes.apply_own(name, before, seq, removed, {})
         return Written(
             deleted=[i for i in unique if i in existing],
             missing=[i for i in unique if i not in existing],
@@ -456,7 +358,7 @@ class SQLiteStore(CollectionStore):
             ).fetchall()
             if not rows:
                 return
-            vectors = _vectors([r["vector"] for r in rows], row["dim"])
+            vectors = vectors_from_blobs([r["vector"] for r in rows], row["dim"])
             yield [
                 NewItem(
                     r["item_id"],
@@ -477,8 +379,6 @@ class SQLiteStore(CollectionStore):
         }
 
     def wait_indexed(self, timeout: float) -> None:
-        with self._lock:
-            loaded = list(self._loaded.values())
-        for collection in loaded:
+        for collection in self.indexes.all():
             for index in collection.indexes.values():
                 index.wait_built(timeout)

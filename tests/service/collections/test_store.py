@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from service.collections import CollectionError, CollectionStore, NewItem, SearchTuning, create_store
+from service.collections import CollectionError, CollectionStore, Item, NewItem, SearchTuning, create_store
 from service.collections import sqlite as sqlite_backend
 
 DIM = 16
@@ -91,6 +91,15 @@ def test_counts_limits_and_errors(collections_url: str) -> None:
         with pytest.raises(CollectionError) as wrong:
             store.upsert("c", [NewItem("w", "text", np.ones(DIM + 1, np.float32))])
         assert wrong.value.status == 400
+        nul = NewItem("n", "text", v[6], {"k": "a\x00b"}, "x\x00y")
+        if store.url.startswith("sqlite"):  # SQLite keeps NUL characters
+            store.upsert("c", [nul])
+            assert store.get_item("c", "n") == Item("n", "text", {"k": "a\x00b"}, "x\x00y", None)
+            store.delete_items("c", ["n"])
+        else:  # PostgreSQL text and jsonb cannot hold them: a 400, never a 500
+            with pytest.raises(CollectionError) as refused:
+                store.upsert("c", [nul])
+            assert refused.value.status == 400 and store.get_item("c", "n") is None
         with pytest.raises(CollectionError) as missing:
             store.upsert("nope", [NewItem("w", "text", v[0])])
         assert missing.value.code == "collection_not_found"
