@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import repeat
 
 import faiss
 import numpy as np
@@ -235,13 +236,14 @@ class ModalityIndex:
             return self._ann(query, k, allowed)
 
     def _exact(self, query: np.ndarray, k: int, allowed: set[int] | None) -> list[tuple[int, float]]:
-        if allowed is not None and len(allowed) * 4 < self._size:
-            rows = np.fromiter((self._pos[key] for key in allowed if key in self._pos), np.int64)
+        if allowed is not None and len(allowed) * 4 < self._size:  # few: score only those rows
+            rows = np.fromiter(map(self._pos.get, allowed, repeat(-1)), np.int64, len(allowed))
+            rows = rows[rows >= 0]  # keys of the other modality, or newer than this index
             scores = self._vectors[rows] @ query  # (m,)
             return [(int(self._keys[rows[i]]), float(scores[i])) for i in top_k(scores, k)]
         scores = self._vectors[: self._size] @ query  # (n,)
         if allowed is not None:
-            keep = np.fromiter((int(key) in allowed for key in self._keys[: self._size]), bool, self._size)
+            keep = np.isin(self._keys[: self._size], np.fromiter(allowed, np.int64, len(allowed)))
             scores = np.where(keep, scores, -np.inf)
         return [(int(self._keys[i]), float(scores[i])) for i in top_k(scores, k) if np.isfinite(scores[i])]
 

@@ -304,8 +304,10 @@ class SQLiteStore(CollectionStore):
         params: list[Any] = []
         for k, v in metadata.items():
             params += [collection_id, k, canonical_json(v)]
-        sql = " INTERSECT ".join([one] * len(metadata))
-        return {r[0] for r in conn.execute(sql, params)}
+        cursor = conn.cursor()
+        cursor.row_factory = None  # plain tuples: this can be many rows
+        cursor.execute(" INTERSECT ".join([one] * len(metadata)), params)
+        return {key for (key,) in cursor.fetchall()}
 
     def search(
         self,
