@@ -28,7 +28,9 @@ def pgvector_server() -> Iterator[str]:
         yield url
         return
     try:
-        import pgserver
+        with warnings.catch_warnings():  # platformdirs warns that XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("pgserver is missing: it comes with the dev extra")
