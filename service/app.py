@@ -4,9 +4,9 @@
     momo serve --store model_store                  # the same, with flags
 
 Lifespan: open the collection store (migrating its schema and any old-format collections), load
-and warm up the served model (the store's active
-version unless `model` is set), start its inference threads; on shutdown (after uvicorn has let
-in-flight requests finish) drain the queues, close the runtime and the collection store.
+and warm up the served model (the store's active version unless `model` is set), start its
+inference threads; on shutdown (after uvicorn has let in-flight requests finish) drain the queues,
+close the runtime and the collection store.
 With no model in the store the app still starts: /health answers, /ready says why it is not ready,
 model endpoints answer 503, and activating a version (POST /v1/models/{id}/activate) brings it up.
 """

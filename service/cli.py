@@ -182,7 +182,10 @@ def collections_migrate(data_dir: Path = DataDirOption, collections_url: str | N
     store = create_store(resolve(collections_url, data_dir))
     try:
         migrated = open_store(store, data_dir / "collections")
-        typer.echo(f"{store.url}: schema up to date; migrated {len(migrated)} collection(s) {migrated or ''}")
+        typer.echo(
+            f"{_redacted(store.url)}: schema up to date;"
+            f" migrated {len(migrated)} collection(s) {migrated or ''}"
+        )
     finally:
         store.close()
 
