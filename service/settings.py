@@ -54,7 +54,7 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
         default=20_000, ge=1, description="Collections with index=auto use HNSW from this many items."
     )
     ann_ef_search: int = Field(
-        default=128, ge=1, le=10_000, description="HNSW candidates per query (higher: better recall, slower)."
+        default=400, ge=1, le=10_000, description="HNSW candidates per query (higher: better recall, slower)."
     )
     ann_rescore: int = Field(
         default=2,

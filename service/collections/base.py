@@ -112,7 +112,7 @@ class SearchTuning:
     """ANN settings shared by both backends (service settings `ann_*`)."""
 
     threshold: int = 20_000  # `auto` collections use HNSW from this many items of a modality
-    ef_search: int = 128  # HNSW candidate list per query: higher = better recall, slower
+    ef_search: int = 400  # HNSW candidate list per query: higher = better recall, slower
     rescore: int = 2  # ANN fetches top_k * rescore candidates, re-scored exactly (1 = no extra)
     m: int = 32  # HNSW links per node
     ef_construction: int = 64
