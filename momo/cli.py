@@ -1,7 +1,8 @@
 """The one `momo` command.
 
 `momo models …` lives here; training commands (`data`, `pretrain`, `finetune`, `eval`, `export`,
-`ablate`) are registered by `training.cli`, service commands (`serve`, `worker`) by `service.cli`.
+`ablate`) are registered by `training.cli`, service commands (`serve`, `worker`, `collections`) by
+`service.cli`.
 Only the package a command needs is imported, so `momo serve` never imports `training`.
 """
 
@@ -34,7 +35,7 @@ StoreOption = Annotated[
 # command name -> the package module whose `register(app)` adds it
 COMMAND_PROVIDERS: dict[str, str] = {
     **{c: "training.cli" for c in ("data", "pretrain", "finetune", "eval", "export", "ablate")},
-    **{c: "service.cli" for c in ("serve", "worker")},
+    **{c: "service.cli" for c in ("serve", "worker", "collections")},
 }
 
 

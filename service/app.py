@@ -3,9 +3,10 @@
     uvicorn "service.app:create_app" --factory      # settings from MOMO_* environment variables
     momo serve --store model_store                  # the same, with flags
 
-Lifespan: open the retrieval collections, load and warm up the served model (the store's active
-version unless `model` is set), start its inference threads; on shutdown (after uvicorn has let
-in-flight requests finish) drain the queues, close the runtime and snapshot the collections.
+Lifespan: open the collection store (migrating its schema and any old-format collections), load
+and warm up the served model (the store's active version unless `model` is set), start its
+inference threads; on shutdown (after uvicorn has let in-flight requests finish) drain the queues,
+close the runtime and the collection store.
 With no model in the store the app still starts: /health answers, /ready says why it is not ready,
 model endpoints answer 503, and activating a version (POST /v1/models/{id}/activate) brings it up.
 """
@@ -20,6 +21,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.auth import APIKeyMiddleware, declare_bearer_auth
+from service.collections import open_store, store_from_settings
 from service.deps import Services
 from service.engine import Engine, freeze_heap
 from service.errors import install_error_handlers
@@ -30,7 +32,6 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.responses import JSONResponse
-from service.retrieval import CollectionStore
 from service.routers import classify, collections, embeddings, models, ops, ui, vqa
 from service.settings import Settings
 from service.urls import ImageFetcher
@@ -48,12 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_json)
     metrics = Metrics()
     engine = Engine(settings, metrics)
-    collection_store = CollectionStore(
-        settings.data_dir / "collections",
-        fsync=settings.collections_fsync,
-        snapshot_every=settings.collection_snapshot_every,
-        max_items=settings.max_collection_items,
-    )
+    collection_store = store_from_settings(settings)  # embedded or PostgreSQL, by collections_url
     fetcher = ImageFetcher(
         enabled=settings.image_urls_enabled,
         timeout_s=settings.image_url_timeout_s,
@@ -66,8 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await jobs.start()  # refuses to start on a job-database schema mismatch
-        await asyncio.to_thread(collection_store.open)
-        for collection in collection_store.list():
+        # schema migrations; collections of the old on-disk format are copied in on first start
+        await asyncio.to_thread(open_store, collection_store, settings.data_dir / "collections")
+        for collection in await asyncio.to_thread(collection_store.list_collections):
             metrics.collection_items.labels(collection.name).set(collection.count)
         await engine.start()
         if settings.gc_freeze:

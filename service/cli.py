@@ -47,6 +47,7 @@ def _serve(**flags: Any) -> None:
 
     from momo.store import ModelStore, StoreError
     from service.app import create_app
+    from service.collections import collections_url
     from service.server import uvicorn_config
 
     overrides = {k: v for k, v in flags.items() if v is not None}
@@ -79,8 +80,14 @@ def _serve(**flags: Any) -> None:
         typer.echo(f"  playground: {url}/ui/")
     typer.echo(f"  {model_line}")
     typer.echo(f"  {auth}")
-    typer.echo(f"  collections: {settings.data_dir / 'collections'}")
+    typer.echo(f"  collections: {_redacted(collections_url(settings.collections_url, settings.data_dir))}")
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return url if url.startswith("sqlite") else make_url(url).render_as_string(hide_password=True)
 
 
 def _flag_parameters(fields: dict[str, Any]) -> list[inspect.Parameter]:
@@ -149,8 +156,72 @@ def _worker_command() -> Any:
     return worker
 
 
+# --- momo collections (the retrieval stores) ---------------------------------------------------------
+collections_app = typer.Typer(help="Migrate and copy retrieval collections.", no_args_is_help=True)
+DataDirOption = typer.Option(
+    Path("var/service"), "--data-dir", envvar="MOMO_DATA_DIR", help="The service's data_dir."
+)
+UrlOption = typer.Option(
+    None,
+    "--collections-url",
+    envvar="MOMO_COLLECTIONS_URL",
+    help="The store (default: <data_dir>/collections.db).",
+)
+
+
+@collections_app.command("migrate")
+def collections_migrate(data_dir: Path = DataDirOption, collections_url: str | None = UrlOption) -> None:
+    """Bring the store's schema up to date and copy in collections of the old on-disk format
+    (<data_dir>/collections/<name>/snapshot.npz + wal.log). `momo serve` does the same at start."""
+    from service.collections import collections_url as resolve
+    from service.collections import create_store, open_store
+
+    store = create_store(resolve(collections_url, data_dir))
+    try:
+        migrated = open_store(store, data_dir / "collections")
+        typer.echo(
+            f"{_redacted(store.url)}: schema up to date;"
+            f" migrated {len(migrated)} collection(s) {migrated or ''}"
+        )
+    finally:
+        store.close()
+
+
+@collections_app.command("copy")
+def collections_copy(
+    source: str = typer.Option(..., "--from", help="Store URL to read (sqlite:///… or postgresql://…)."),
+    target: str = typer.Option(..., "--to", help="Store URL to write; collections must not exist there."),
+) -> None:
+    """Copy every collection with its items and vectors, e.g. from the embedded store to PostgreSQL."""
+    from tqdm import tqdm
+
+    from service.collections import create_store
+
+    reader, writer = create_store(source), create_store(target)
+    reader.open()
+    writer.open()
+    try:
+        for info in reader.list_collections():
+            writer.create(
+                info.name,
+                info.dim,
+                info.model,
+                index=info.index,
+                description=info.description,
+                metadata=info.metadata,
+                created_at=info.created_at,
+            )
+            with tqdm(total=info.count, desc=info.name, unit="item") as progress:
+                for batch in reader.items(info.name):
+                    writer.upsert(info.name, batch)
+                    progress.update(len(batch))
+    finally:
+        reader.close()
+        writer.close()
+
+
 def register(app: typer.Typer) -> None:
-    """Add `momo serve` and `momo worker` to the `momo` CLI."""
+    """Add `momo serve`, `momo worker` and `momo collections` to the `momo` CLI."""
     app.command("serve", help="Serve the model over HTTP. Every flag is also a MOMO_* environment variable.")(
         _serve_command()
     )
@@ -159,3 +230,4 @@ def register(app: typer.Typer) -> None:
         "worker",
         help="Run a Celery worker for fine-tuning jobs (broker, database, store from MOMO_* or flags).",
     )(_worker_command())
+    app.add_typer(collections_app, name="collections")

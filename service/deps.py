@@ -12,9 +12,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.collections import CollectionStore
 from service.engine import Engine, ModelHandle
 from service.metrics import Metrics
-from service.retrieval import CollectionStore
 from service.settings import Settings
 from service.urls import ImageFetcher
 

@@ -9,11 +9,14 @@ hardened decoder of `momo.preprocess` and this server's limits. Every caller mis
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
 from momo.preprocess import (
     ImageDecodeError,
@@ -31,6 +34,8 @@ from service.validation import model_reference
 
 Modality = Literal["text", "image"]
 SIZE_CODES = ("image_too_large_bytes", "image_too_many_pixels")
+THUMBNAIL_SIDE = 128  # longest side of a collection item's thumbnail, in pixels
+THUMBNAIL_QUALITY = 75  # WebP: a few KB at 128 px
 MODEL_ALIASES = ("", "momo", "default", "active")
 
 
@@ -40,6 +45,7 @@ class Parsed:
 
     text: str | None = None
     image: str | None = None
+    thumbnail: bool = False  # images: also make a thumbnail (collection items)
 
     @property
     def modality(self) -> str:
@@ -184,9 +190,28 @@ def image_error(exc: ImageDecodeError, param: str) -> APIError:
     return APIError(status, f"{param}: {exc.message}", exc.code, param=param)
 
 
+def make_thumbnail(image: Image.Image) -> str:
+    """A `data:image/webp;base64,...` URI of `image` scaled to at most THUMBNAIL_SIDE px a side."""
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.save(buffer, "WEBP", quality=THUMBNAIL_QUALITY, method=4)
+    return "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@dataclass
+class Images:
+    pixels: list[np.ndarray]  # (C, H, W) per image, preprocessed for the model
+    thumbnails: list[str | None]  # a data URI where one was asked for
+
+
 def _decode_all(
-    sources: Sequence[str | bytes], params: Sequence[str], limits: ImageLimits, handle: ModelHandle
-) -> np.ndarray:
+    sources: Sequence[str | bytes],
+    params: Sequence[str],
+    limits: ImageLimits,
+    handle: ModelHandle,
+    thumbnails: Sequence[bool],
+) -> Images:
     images = []
     for source, param in zip(sources, params, strict=True):
         try:
@@ -196,7 +221,8 @@ def _decode_all(
                 images.append(decode_base64_image(source, limits))
         except ImageDecodeError as exc:
             raise image_error(exc, param) from exc
-    return preprocess_images(images, handle.config)
+    small = [make_thumbnail(img) if want else None for img, want in zip(images, thumbnails, strict=True)]
+    return Images(list(preprocess_images(images, handle.config)), small)
 
 
 async def load_images(
@@ -205,10 +231,12 @@ async def load_images(
     settings: Settings,
     fetcher: ImageFetcher,
     params: Sequence[str],
-) -> list[np.ndarray]:
-    """Decode and preprocess images (base64, data: URIs, or URLs when enabled) -> list of (C, H, W)."""
+    thumbnails: Sequence[bool] | None = None,
+) -> Images:
+    """Decode and preprocess images (base64, data: URIs, or URLs when enabled), and make the
+    thumbnails asked for (`thumbnails[i]`) from the same decoded images."""
     if not sources:
-        return []
+        return Images([], [])
     resolved: list[str | bytes] = []
     for source, param in zip(sources, params, strict=True):
         if not isinstance(source, str):
@@ -217,8 +245,8 @@ async def load_images(
             resolved.append(await fetcher.fetch(source.strip(), param))
         else:
             resolved.append(source)
-    pixels = await asyncio.to_thread(_decode_all, resolved, params, image_limits(settings), handle)
-    return list(pixels)
+    wanted = list(thumbnails) if thumbnails is not None else [False] * len(sources)
+    return await asyncio.to_thread(_decode_all, resolved, params, image_limits(settings), handle, wanted)
 
 
 def image_tokens(handle: ModelHandle) -> int:

@@ -10,12 +10,11 @@ character, the way a UTF-8 decoder shows bytes it cannot read.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from fastapi.responses import JSONResponse as _StarletteJSONResponse
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
+from service.unicode import LONE_SURROGATE
 
 
 def encode_json(content: Any) -> bytes:
@@ -24,7 +23,7 @@ def encode_json(content: Any) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return _SURROGATES.sub("\ufffd", text).encode("utf-8")
+        return LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 class JSONResponse(_StarletteJSONResponse):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.collections.base import IndexKind
 from service.validation import RequestModel
 
 Modality = Literal["text", "image"]
@@ -127,6 +128,11 @@ class CollectionCreate(RequestModel):
     name: str = Field(..., description="1-64 of letters, digits, '.', '_', '-'.")
     description: str | None = Field(None, max_length=2000)
     metadata: dict[str, Any] | None = None
+    index: IndexKind = Field(
+        "auto",
+        description="auto: exact search, HNSW once a modality has ann_threshold items; "
+        "flat: always exact; hnsw: approximate from the start.",
+    )
 
 
 class CollectionInfo(BaseModel):
@@ -134,6 +140,7 @@ class CollectionInfo(BaseModel):
     name: str
     dim: int
     model: str = Field(..., description="The model version (name:version) the vectors came from.")
+    index: IndexKind
     count: int
     counts: dict[str, int]
     created_at: str | None = None
@@ -159,6 +166,9 @@ class CollectionItemIn(BaseModel):
     text: str | None = None
     image: str | None = None
     metadata: dict[str, Any] | None = None
+    thumbnail: bool = Field(
+        False, description="Keep a small thumbnail of the image (longest side 128 px, WebP) with the item."
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> CollectionItemIn:
@@ -199,6 +209,7 @@ class ItemOut(BaseModel):
     modality: Modality
     metadata: dict[str, Any]
     text: str | None = None
+    thumbnail: str | None = Field(None, description="data:image/webp;base64,... when kept, else null.")
 
 
 class SearchFilter(BaseModel):
@@ -220,6 +231,7 @@ class SearchHit(BaseModel):
     modality: Modality
     metadata: dict[str, Any]
     text: str | None = None
+    thumbnail: str | None = Field(None, description="data:image/webp;base64,... when kept, else null.")
 
 
 class SearchResponse(BaseModel):

@@ -52,12 +52,35 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
     runtime_cache_dir: Path | None = Field(default=None, description="Where exported graphs are cached.")
 
     # --- data --------------------------------------------------------------------------------------
-    data_dir: Path = Field(default=Path("var/service"), description="Retrieval collections live here.")
-    collections_fsync: bool = Field(default=True, description="fsync every collection write (crash safety).")
-    collection_snapshot_every: int = Field(
-        default=2000, ge=1, description="Compact a collection's write-ahead log after this many records."
+    data_dir: Path = Field(default=Path("var/service"), description="Where the service keeps its data.")
+    collections_url: str | None = Field(
+        default=None,
+        description="Collection store: sqlite:///<path> (embedded, default <data_dir>/collections.db; "
+        "a local disk only) or postgresql://user:password@host/db (pgvector, for several replicas).",
+    )
+    collections_fsync: bool = Field(
+        default=True, description="Embedded store: fsync every commit (durable across power loss)."
     )
     max_collection_items: int = Field(default=1_000_000, ge=1, description="Items per collection.")
+    ann_threshold: int = Field(
+        default=20_000, ge=1, description="Collections with index=auto use HNSW from this many items."
+    )
+    ann_ef_search: int = Field(
+        default=400, ge=1, le=10_000, description="HNSW candidates per query (higher: better recall, slower)."
+    )
+    ann_rescore: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="ANN fetches top_k x this many candidates and re-scores them exactly.",
+    )
+    ann_m: int = Field(default=32, ge=4, le=128, description="HNSW links per node (memory, recall).")
+    ann_ef_construction: int = Field(default=64, ge=8, le=2000, description="HNSW build-time candidate list.")
+    ann_build_memory: str = Field(
+        default="1GB",
+        pattern=r"^\d+(kB|MB|GB)$",
+        description="PostgreSQL maintenance_work_mem for HNSW builds.",
+    )
 
     # --- auth --------------------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(

@@ -16,19 +16,17 @@ AssertionError through unchanged, and the app's handler renders it (a 400, not a
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, model_validator
 
 from momo.store import InvalidReference, check_name, parse_reference
 from service.errors import APIError
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+from service.unicode import LONE_SURROGATE
 
 
 def _bad(text: str) -> bool:
-    return not text.isascii() and _LONE_SURROGATE.search(text) is not None
+    return not text.isascii() and LONE_SURROGATE.search(text) is not None
 
 
 def _join(path: str, key: str | int) -> str:

@@ -87,8 +87,8 @@ async def zero_shot(
         )
     prompts = [template.replace("{label}", label) for label in labels]  # not str.format: no format injection
     label_vecs, label_tokens = await label_embeddings(handle, prompts, settings)
-    vectors, tokens, truncated = await embed_parsed(handle, parsed, services)
-    sims = vectors @ label_vecs.T  # (n, m) cosine similarities
+    embedded = await embed_parsed(handle, parsed, services)
+    sims = embedded.vectors @ label_vecs.T  # (n, m) cosine similarities
     probs = softmax(sims / max(handle.temperature, 1e-6))
     data = [{"index": i, "labels": ranked(sims[i], probs[i], labels, body.top_k)} for i in range(len(parsed))]
     return {
@@ -98,7 +98,7 @@ async def zero_shot(
         "head": None,
         "template": template,
         "data": data,
-        "usage": usage(tokens + label_tokens, truncated),
+        "usage": usage(embedded.tokens + label_tokens, embedded.truncated),
     }
 
 
@@ -134,7 +134,7 @@ async def with_head(
     texts = [p.text or "" for p in parsed] if wanted in ("text", "pair") else []
     images = [p.image or "" for p in parsed] if wanted in ("image", "pair") else []
     prep = await tokenize(handle, texts, settings, names[: len(texts)])
-    pixels = await load_images(handle, images, settings, fetcher, names[: len(images)])
+    pixels = (await load_images(handle, images, settings, fetcher, names[: len(images)])).pixels
     op = f"head:{body.head}"
     if wanted == "image":
         logits = await handle.run("image", op, pixels)

@@ -1,4 +1,8 @@
-"""Retrieval collections: create/list/get/delete, add (upsert) and delete items, search."""
+"""Retrieval collections: create/list/get/delete, add (upsert) and delete items, search.
+
+Thin: the store (`service.collections`, embedded or PostgreSQL; this router does not know which)
+does the work, in a thread.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,14 @@ from typing import Any
 
 from fastapi import APIRouter, Path
 
+from service.collections import CollectionError, CollectionInfo, CollectionStore, Hit, Item, NewItem
 from service.deps import CollectionsDep, EngineDep, MetricsDep, ModelDep, ServicesDep
 from service.engine import ModelHandle
 from service.errors import APIError, bad_request
 from service.inputs import Parsed, parse_one
-from service.retrieval import Collection, CollectionError, CollectionStore, NewItem
 from service.routers.embeddings import embed_parsed, usage
 from service.schemas import (
     CollectionCreate,
-    CollectionInfo,
     CollectionList,
     Deleted,
     ItemOut,
@@ -27,6 +30,9 @@ from service.schemas import (
     ItemsDeleted,
     SearchRequest,
     SearchResponse,
+)
+from service.schemas import (
+    CollectionInfo as CollectionInfoOut,
 )
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
@@ -38,18 +44,46 @@ def _error(exc: CollectionError) -> APIError:
     return APIError(exc.status, exc.message, exc.code)
 
 
-def _info(collection: Collection, serving: str | None) -> dict[str, Any]:
-    return {"object": "collection", **collection.info(), "searchable": serving == collection.model}
+def _info(info: CollectionInfo, serving: str | None) -> dict[str, Any]:
+    return {
+        "object": "collection",
+        "name": info.name,
+        "dim": info.dim,
+        "model": info.model,
+        "index": info.index,
+        "count": info.count,
+        "counts": info.counts,
+        "created_at": info.created_at,
+        "description": info.description,
+        "metadata": info.metadata,
+        "searchable": serving == info.model,
+    }
 
 
-def _get(store: CollectionStore, name: str) -> Collection:
+def _item(item: Item | Hit) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "modality": item.modality,
+        "metadata": item.metadata,
+        "text": item.text,
+        "thumbnail": item.thumbnail,
+    }
+
+
+async def _call(function: Any, *args: Any) -> Any:
+    """Run a blocking store call in a thread; its caller-visible failures become API errors."""
     try:
-        return store.get(name)
+        return await asyncio.to_thread(function, *args)
     except CollectionError as exc:
         raise _error(exc) from exc
 
 
-def _same_model(collection: Collection, handle: ModelHandle) -> None:
+async def _get(store: CollectionStore, name: str) -> CollectionInfo:
+    info: CollectionInfo = await _call(store.get, name)
+    return info
+
+
+def _same_model(collection: CollectionInfo, handle: ModelHandle) -> None:
     if collection.model != handle.reference or collection.dim != handle.dim:
         raise APIError(
             409,
@@ -70,40 +104,42 @@ def _metadata(value: dict[str, Any] | None, param: str) -> dict[str, Any]:
     return value
 
 
-@router.post("", status_code=201, response_model=CollectionInfo, summary="Create a collection")
+@router.post("", status_code=201, response_model=CollectionInfoOut, summary="Create a collection")
 async def create_collection(
     body: CollectionCreate, store: CollectionsDep, handle: ModelDep
 ) -> dict[str, Any]:
     metadata = _metadata(body.metadata, "metadata")
-    try:
-        collection = await asyncio.to_thread(
-            store.create, body.name, handle.dim, handle.reference, body.description, metadata
+
+    def create() -> CollectionInfo:
+        return store.create(
+            body.name,
+            handle.dim,
+            handle.reference,
+            index=body.index,
+            description=body.description,
+            metadata=metadata,
         )
-    except CollectionError as exc:
-        raise _error(exc) from exc
-    return _info(collection, handle.reference)
+
+    return _info(await _call(create), handle.reference)
 
 
 @router.get("", response_model=CollectionList, summary="List collections")
 async def list_collections(store: CollectionsDep, engine: EngineDep) -> dict[str, Any]:
     serving = engine.current.reference if engine.current else None
-    return {"object": "list", "data": [_info(c, serving) for c in store.list()]}
+    return {"object": "list", "data": [_info(c, serving) for c in await _call(store.list_collections)]}
 
 
-@router.get("/{name}", response_model=CollectionInfo, summary="Describe a collection")
+@router.get("/{name}", response_model=CollectionInfoOut, summary="Describe a collection")
 async def get_collection(store: CollectionsDep, engine: EngineDep, name: str = NameParam) -> dict[str, Any]:
     serving = engine.current.reference if engine.current else None
-    return _info(_get(store, name), serving)
+    return _info(await _get(store, name), serving)
 
 
-@router.delete("/{name}", response_model=Deleted, summary="Delete a collection and its files")
+@router.delete("/{name}", response_model=Deleted, summary="Delete a collection and its items")
 async def delete_collection(
     store: CollectionsDep, metrics: MetricsDep, name: str = NameParam
 ) -> dict[str, Any]:
-    try:
-        await asyncio.to_thread(store.delete, name)
-    except CollectionError as exc:
-        raise _error(exc) from exc
+    await _call(store.delete, name)
     with contextlib.suppress(KeyError):
         metrics.collection_items.remove(name)
     return {"id": name, "object": "collection", "deleted": True}
@@ -116,9 +152,8 @@ async def add_items(
     services: ServicesDep,
     name: str = NameParam,
 ) -> dict[str, Any]:
-    settings, metrics = services.settings, services.metrics
-    collection = _get(services.collections, name)
-    _same_model(collection, handle)
+    settings, metrics, store = services.settings, services.metrics, services.collections
+    _same_model(await _get(store, name), handle)
     if not body.items:
         raise bad_request("items must not be empty", "empty_input", "items")
     if len(body.items) > settings.max_items_per_request:
@@ -131,26 +166,28 @@ async def add_items(
     if len(set(ids)) != len(ids):
         raise bad_request("item ids must be unique within one request", "duplicate_ids", "items")
     parsed = [
-        Parsed(text=item.text) if item.text is not None else Parsed(image=item.image) for item in body.items
+        Parsed(text=item.text)
+        if item.text is not None
+        else Parsed(image=item.image, thumbnail=item.thumbnail)
+        for item in body.items
     ]
     metadata = [_metadata(item.metadata, f"items[{i}].metadata") for i, item in enumerate(body.items)]
-    vectors, tokens, truncated = await embed_parsed(handle, parsed, services, param="items")
+    embedded = await embed_parsed(handle, parsed, services, param="items")
     new = [
-        NewItem(item.id, p.modality, vector, meta, item.text)
-        for item, p, vector, meta in zip(body.items, parsed, vectors, metadata, strict=True)
+        NewItem(item.id, p.modality, vector, meta, item.text, thumbnail)
+        for item, p, vector, meta, thumbnail in zip(
+            body.items, parsed, embedded.vectors, metadata, embedded.thumbnails, strict=True
+        )
     ]
-    try:
-        added, updated = await asyncio.to_thread(collection.upsert, new)
-    except CollectionError as exc:
-        raise _error(exc) from exc
-    metrics.collection_items.labels(name).set(collection.count)
+    written = await _call(store.upsert, name, new)
+    metrics.collection_items.labels(name).set(written.count)
     return {
         "object": "collection.items",
         "collection": name,
-        "added": added,
-        "updated": updated,
+        "added": written.added,
+        "updated": written.updated,
         "ids": ids,
-        "usage": usage(tokens, truncated),
+        "usage": usage(embedded.tokens, embedded.truncated),
     }
 
 
@@ -158,39 +195,38 @@ async def add_items(
 async def delete_items(
     body: ItemsDelete, store: CollectionsDep, metrics: MetricsDep, name: str = NameParam
 ) -> dict[str, Any]:
-    collection = _get(store, name)
-    try:
-        deleted, missing = await asyncio.to_thread(collection.delete, body.ids)
-    except CollectionError as exc:
-        raise _error(exc) from exc
-    metrics.collection_items.labels(name).set(collection.count)
-    return {"object": "collection.items.deleted", "collection": name, "deleted": deleted, "missing": missing}
+    written = await _call(store.delete_items, name, body.ids)
+    metrics.collection_items.labels(name).set(written.count)
+    return {
+        "object": "collection.items.deleted",
+        "collection": name,
+        "deleted": written.deleted,
+        "missing": written.missing,
+    }
 
 
 @router.get("/{name}/items/{item_id}", response_model=ItemOut, summary="Read one item (without its vector)")
 async def get_item(store: CollectionsDep, item_id: str, name: str = NameParam) -> dict[str, Any]:
-    item = _get(store, name).get(item_id)
+    item = await _call(store.get_item, name, item_id)
     if item is None:
         raise APIError(404, f"collection {name!r} has no item {item_id!r}", "item_not_found")
-    return {
-        "object": "collection.item",
-        "id": item.id,
-        "modality": item.modality,
-        "metadata": item.metadata,
-        "text": item.text,
-    }
+    return {"object": "collection.item", **_item(item)}
 
 
 @router.delete("/{name}/items/{item_id}", response_model=ItemsDeleted, summary="Delete one item")
 async def delete_item(
     store: CollectionsDep, metrics: MetricsDep, item_id: str, name: str = NameParam
 ) -> dict[str, Any]:
-    collection = _get(store, name)
-    deleted, _missing = await asyncio.to_thread(collection.delete, [item_id])
-    if not deleted:
+    written = await _call(store.delete_items, name, [item_id])
+    if not written.deleted:
         raise APIError(404, f"collection {name!r} has no item {item_id!r}", "item_not_found")
-    metrics.collection_items.labels(name).set(collection.count)
-    return {"object": "collection.items.deleted", "collection": name, "deleted": deleted, "missing": []}
+    metrics.collection_items.labels(name).set(written.count)
+    return {
+        "object": "collection.items.deleted",
+        "collection": name,
+        "deleted": written.deleted,
+        "missing": [],
+    }
 
 
 @router.post(
@@ -202,17 +238,17 @@ async def search(
     services: ServicesDep,
     name: str = NameParam,
 ) -> dict[str, Any]:
-    settings = services.settings
-    collection = _get(services.collections, name)
-    _same_model(collection, handle)
+    settings, store = services.settings, services.collections
+    _same_model(await _get(store, name), handle)
     if body.top_k > settings.max_top_k:
         raise bad_request(f"top_k is at most {settings.max_top_k}", "invalid_top_k", "top_k")
     parsed = parse_one(body.query, None, "query", allow_pair=False)
-    vectors, tokens, truncated = await embed_parsed(handle, [parsed], services, param="query")
+    embedded = await embed_parsed(handle, [parsed], services, param="query")
     flt = body.filter
-    hits = await asyncio.to_thread(
-        collection.search,
-        vectors[0],
+    hits: list[Hit] = await _call(
+        store.search,
+        name,
+        embedded.vectors[0],
         body.top_k,
         flt.modality if flt else None,
         flt.metadata if flt else None,
@@ -221,9 +257,6 @@ async def search(
         "object": "list",
         "collection": name,
         "model": handle.reference,
-        "data": [
-            {"id": h.id, "score": h.score, "modality": h.modality, "metadata": h.metadata, "text": h.text}
-            for h in hits
-        ],
-        "usage": usage(tokens, truncated),
+        "data": [{**_item(h), "score": h.score} for h in hits],
+        "usage": usage(embedded.tokens, embedded.truncated),
     }

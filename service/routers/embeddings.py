@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from dataclasses import dataclass
 
 import numpy as np
 from fastapi import APIRouter
@@ -19,13 +20,21 @@ from service.schemas import EmbeddingRequest, EmbeddingResponse
 router = APIRouter(tags=["embeddings"])
 
 
+@dataclass
+class Embedded:
+    vectors: np.ndarray  # (n, E) unit vectors, in input order
+    tokens: int  # for `usage`
+    truncated: int  # texts cut to the model's limit
+    thumbnails: list[str | None]  # per input: a data URI for images that asked for one (Parsed.thumbnail)
+
+
 async def embed_parsed(
     handle: ModelHandle,
     parsed: list[Parsed],
     services: Services,
     param: str = "input",
-) -> tuple[np.ndarray, int, int]:
-    """Embed texts and images (in the joint space) in input order -> (vectors (n, E), tokens, truncated)."""
+) -> Embedded:
+    """Embed texts and images (in the joint space) in input order."""
     settings, fetcher, metrics = services.settings, services.fetcher, services.metrics
     many = len(parsed) > 1
     names = [f"{param}[{i}]" if many else param for i in range(len(parsed))]
@@ -34,10 +43,17 @@ async def embed_parsed(
     prep = await tokenize(
         handle, [parsed[i].text or "" for i in text_idx], settings, [names[i] for i in text_idx]
     )
-    pixels = await load_images(
-        handle, [parsed[i].image or "" for i in image_idx], settings, fetcher, [names[i] for i in image_idx]
+    images = await load_images(
+        handle,
+        [parsed[i].image or "" for i in image_idx],
+        settings,
+        fetcher,
+        [names[i] for i in image_idx],
+        thumbnails=[parsed[i].thumbnail for i in image_idx],
     )
-    text_vecs, image_vecs = await asyncio.gather(handle.embed_texts(prep.rows), handle.embed_images(pixels))
+    text_vecs, image_vecs = await asyncio.gather(
+        handle.embed_texts(prep.rows), handle.embed_images(images.pixels)
+    )
     out = np.empty((len(parsed), handle.dim), dtype=np.float32)
     if text_idx:
         out[text_idx] = text_vecs
@@ -51,7 +67,10 @@ async def embed_parsed(
     if image_idx:
         metrics.inputs.labels("image").inc(len(image_idx))
     tokens = prep.total_tokens + len(image_idx) * image_tokens(handle)
-    return out, tokens, len(prep.truncated)
+    thumbnails: list[str | None] = [None] * len(parsed)
+    for i, thumbnail in zip(image_idx, images.thumbnails, strict=True):
+        thumbnails[i] = thumbnail
+    return Embedded(out, tokens, len(prep.truncated), thumbnails)
 
 
 def usage(tokens: int, truncated: int) -> dict[str, int]:
@@ -73,17 +92,17 @@ async def create_embeddings(body: EmbeddingRequest, handle: ModelDep, services: 
             "dimensions",
         )
     parsed = parse_inputs(body.input, body.modality, services.settings)
-    vectors, tokens, truncated = await embed_parsed(handle, parsed, services)
+    embedded = await embed_parsed(handle, parsed, services)
     if body.encoding_format == "base64":
-        little = vectors.astype("<f4", copy=False)
+        little = embedded.vectors.astype("<f4", copy=False)
         embeddings: list[object] = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
     else:
-        embeddings = vectors.tolist()
+        embeddings = embedded.vectors.tolist()
     content = {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)],
         "model": handle.reference,
-        "usage": usage(tokens, truncated),
+        "usage": usage(embedded.tokens, embedded.truncated),
     }
     # Returned directly (not through response_model validation): the hot path stays cheap.
     return Response(json.dumps(content, separators=(",", ":")), media_type="application/json")

@@ -28,7 +28,7 @@ async def answer(body: VQARequest, handle: ModelDep, services: ServicesDep) -> d
         raise bad_request("question is empty", "invalid_question", "question")
     top_k = min(body.top_k, settings.max_top_k, len(handle.heads["vqa"].labels))
     prep = await tokenize(handle, [body.question], settings, ["question"])
-    (pixels,) = await load_images(handle, [body.image], settings, fetcher, ["image"])
+    (pixels,) = (await load_images(handle, [body.image], settings, fetcher, ["image"])).pixels
     (answers,) = await handle.run("pair", "vqa", [PairPayload(pixels, prep.rows[0], top_k)])
     tokens = prep.total_tokens + image_tokens(handle)
     return {

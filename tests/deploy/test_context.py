@@ -25,7 +25,7 @@ NEVER_IN_CONTEXT = [
     ".venv/lib/python3.11/site-packages/torch/__init__.py",
     "data/fashion_mnist/train/0/00001.png",
     "runs/default/checkpoints/last.pt",
-    "var/service/collections/c/wal.log",
+    "var/service/collections.db",
     "tests/conftest.py",
     "tests/deploy/test_context.py",
     "benchmarks/runtime.py",

@@ -1,12 +1,17 @@
 """Service test helpers: random artifacts with heads, settings, a real uvicorn server on loopback (in a
-thread of the test process, so tests can reach into `app.state` for hooks), image builders."""
+thread of the test process, so tests can reach into `app.state` for hooks), a real `momo serve`
+subprocess (for crashes and several processes), image builders."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -115,6 +120,88 @@ class LiveServer:
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
 
     def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def momo_command() -> list[str]:
+    """The `momo` entry point of this venv (or the module when it is not installed as a script)."""
+    exe = Path(sys.executable).with_name("momo")
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from momo.cli import main; main()"]
+
+
+class ServeProcess:
+    """A real `momo serve` process on 127.0.0.1:<free port>, configured by MOMO_* variables (so it
+    also runs on code that lacks a setting); its output goes to `log`."""
+
+    def __init__(self, model_store: Path, data_dir: Path, log: Path, **settings: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        values = {
+            "model_store": model_store,
+            "data_dir": data_dir,
+            "port": self.port,
+            "runtime": "torch",
+            "device": "cpu",
+            "threads": 1,
+            "api_keys": API_KEY,
+            "log_level": "warning",
+            "gc_freeze": False,
+            "job_worker": "off",
+            **settings,
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOMO_")}
+        env.update(
+            {
+                f"MOMO_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
+                for k, v in values.items()
+            }
+        )
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> ServeProcess:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*momo_command(), "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"momo serve exited ({self.process.returncode}):\n{self.tail()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"momo serve not ready in {timeout} s:\n{self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop with `sig` (SIGKILL: a crash) and return the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(sig)
+        return self.process.wait(60)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60, **kwargs
+        )
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def __enter__(self) -> ServeProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,14 @@ from typer.testing import CliRunner
 
 from momo.store import ModelStore
 from service.settings import Settings
-from tests.service.helpers import LiveServer, assert_error, make_settings, register_model
+from tests.service.helpers import (
+    LiveServer,
+    assert_error,
+    free_port,
+    make_settings,
+    momo_command,
+    register_model,
+)
 
 
 def test_settings_come_from_momo_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,17 +87,6 @@ def test_empty_store_keeps_serving_health_until_a_model_is_activated(
         assert c.post("/v1/embeddings", json={"input": "x"}).status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _momo() -> list[str]:
-    exe = Path(sys.executable).with_name("momo")
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from momo.cli import main; main()"]
-
-
 def test_momo_serve_help_lists_every_setting() -> None:
     from momo import cli
 
@@ -118,13 +112,13 @@ def test_momo_serve_without_a_model_or_keys(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOMO_")}
     env.update({"MOMO_MODEL_STORE": str(tmp_path / "empty"), "MOMO_DATA_DIR": str(tmp_path / "data")})
     # no keys and auth not disabled: a clear message, no traceback
-    refused = subprocess.run([*_momo(), "serve"], env=env, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run([*momo_command(), "serve"], env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2
     assert "MOMO_AUTH_DISABLED" in refused.stderr and "Traceback" not in refused.stderr
-    port = _free_port()
+    port = free_port()
     env["MOMO_AUTH_DISABLED"] = "true"
     proc = subprocess.Popen(
-        [*_momo(), "serve", "--port", str(port), "--log-level", "warning"],
+        [*momo_command(), "serve", "--port", str(port), "--log-level", "warning"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -11,7 +11,6 @@ import httpx
 import numpy as np
 import pytest
 
-from service.retrieval import NewItem
 from tests.service.helpers import LiveServer, assert_error, data_uri, make_settings, png_bytes
 
 LONE = "\ud800"
@@ -103,31 +102,43 @@ def test_invalid_utf8_bytes_in_the_body_are_a_4xx(client: httpx.Client) -> None:
 def test_text_on_disk_that_is_not_valid_unicode_cannot_take_down_reads(
     model_store: Path, tmp_path: Path
 ) -> None:
-    """Data written before the edge refused it (or by another writer) is served with U+FFFD in place
-    of each lone surrogate: listing, reading, searching and deleting answer 200, across a restart."""
+    """Collections written by the old store before the edge refused lone surrogates (it wrote them as
+    JSON escapes) are migrated on first start with U+FFFD in their place: listing, reading, searching
+    and deleting answer 200, and so does everything after a restart."""
     settings = make_settings(model_store, tmp_path)
     with LiveServer(settings) as live:
-        store, handle = live.app.state.collections, live.engine.current
-        store.create("poisoned", handle.dim, handle.reference, "bad " + LONE, {"k" + TRAIL: "v" + LONE})
-        vector = np.full(handle.dim, 1 / np.sqrt(handle.dim), dtype=np.float32)
-        store.get("poisoned").upsert(
-            [NewItem("item-1", "text", vector, {"m": TRAIL, LONE: [LONE]}, "text " + LONE)]
-        )
-    with LiveServer(settings) as live, live.client() as c:  # a restart: everything comes from disk
-        listed = c.get("/v1/collections")
-        assert listed.status_code == 200, listed.text
-        listed.content.decode("utf-8")  # strict: the bytes sent are valid UTF-8
-        info = next(x for x in listed.json()["data"] if x["name"] == "poisoned")
-        assert info["description"] == "bad \ufffd"
-        ((key, value),) = info["metadata"].items()  # (pydantic replaces a key's surrogate byte-wise)
-        assert key.startswith("kx\ufffd") and value == "v\ufffd"
-        assert c.get("/v1/collections/poisoned").status_code == 200
-        item = c.get("/v1/collections/poisoned/items/item-1")
-        assert item.status_code == 200, item.text
-        assert item.json()["text"] == "text \ufffd" and item.json()["metadata"]["m"] == "x\ufffd"
-        hits = c.post("/v1/collections/poisoned/search", json={"query": "anything", "top_k": 5})
-        assert hits.status_code == 200, hits.text
-        assert hits.json()["data"][0]["id"] == "item-1"
+        handle = live.engine.current
+        reference, dim = handle.reference, handle.dim
+    folder = settings.data_dir / "collections" / "poisoned"
+    folder.mkdir(parents=True)
+    meta = {"name": "poisoned", "dim": dim, "model": reference, "description": "bad " + LONE,
+            "metadata": {"k" + TRAIL: "v" + LONE}, "format": 1}  # fmt: skip
+    (folder / "collection.json").write_text(json.dumps(meta))  # ensure_ascii: "\\ud800" escapes
+    item = {
+        "id": "item-1",
+        "modality": "text",
+        "metadata": {"m": TRAIL, LONE: [LONE]},
+        "text": "text " + LONE,
+    }
+    vector = np.full((1, dim), 1 / np.sqrt(dim), dtype=np.float32)
+    state = np.frombuffer(json.dumps({"seq": 1, "items": [item]}).encode(), dtype=np.uint8)
+    np.savez(folder / "snapshot.npz", state=state, vectors=vector)
+    for _restart in range(2):
+        with LiveServer(settings) as live, live.client() as c:
+            listed = c.get("/v1/collections")
+            assert listed.status_code == 200, listed.text
+            listed.content.decode("utf-8")  # strict: the bytes sent are valid UTF-8
+            info = next(x for x in listed.json()["data"] if x["name"] == "poisoned")
+            assert info["description"] == "bad \ufffd"
+            assert info["metadata"] == {"kx\ufffd": "v\ufffd"}
+            assert c.get("/v1/collections/poisoned").status_code == 200
+            got = c.get("/v1/collections/poisoned/items/item-1")
+            assert got.status_code == 200, got.text
+            assert got.json()["text"] == "text \ufffd" and got.json()["metadata"]["m"] == "x\ufffd"
+            hits = c.post("/v1/collections/poisoned/search", json={"query": "anything", "top_k": 5})
+            assert hits.status_code == 200, hits.text
+            assert hits.json()["data"][0]["id"] == "item-1"
+    with LiveServer(settings) as live, live.client() as c:
         deleted = c.post("/v1/collections/poisoned/items/delete", json={"ids": ["item-1"]})
         assert deleted.status_code == 200 and deleted.json()["deleted"] == ["item-1"]
         assert c.get("/health").status_code == 200

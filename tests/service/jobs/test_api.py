@@ -19,21 +19,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.helpers import LiveServer, assert_error, make_settings, png_bytes
+from tests.service.helpers import LiveServer, assert_error, free_port, make_settings, png_bytes
 from tests.service.jobs.conftest import job_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateRedis:
     """A redis-server of our own (so stopping it disturbs nobody)."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = directory
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -1,15 +1,17 @@
-"""Retrieval collections over HTTP, persistence across restarts, and the WAL's crash safety."""
+"""Retrieval collections over HTTP, on both backends: add, upsert, delete, search, filters,
+thumbnails, model-version mismatch (409), and a restart."""
 
 from __future__ import annotations
 
-import threading
+import base64
+import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
+from PIL import Image
 
-from service.retrieval import WAL_FILE, CollectionStore, NewItem
 from tests.service.helpers import LiveServer, assert_error, data_uri, make_settings, png_bytes
 
 TEXTS = {
@@ -18,6 +20,18 @@ TEXTS = {
     "t3": "a photo of an ankle boot",
     "t4": "the quick brown fox jumps over the lazy dog",
 }
+
+
+@pytest.fixture()
+def live(model_store: Path, tmp_path: Path, collections_url: str) -> Iterator[LiveServer]:
+    with LiveServer(make_settings(model_store, tmp_path / "data", collections_url=collections_url)) as server:
+        yield server
+
+
+@pytest.fixture()
+def client(live: LiveServer) -> Iterator[httpx.Client]:
+    with live.client() as c:
+        yield c
 
 
 def fill(client: httpx.Client, name: str) -> dict[str, bytes]:
@@ -38,6 +52,7 @@ def test_collection_lifecycle_and_search(client: httpx.Client) -> None:
     info = client.get("/v1/collections/shapes").json()
     assert info["count"] == 7 and info["counts"] == {"text": 4, "image": 3}
     assert info["model"] == "momo-test:v1" and info["searchable"] is True and info["dim"] == 16
+    assert info["index"] == "auto"
     assert "shapes" in [c["name"] for c in client.get("/v1/collections").json()["data"]]
 
     for item_id, text in TEXTS.items():  # a text query finds the item with exactly that text
@@ -63,6 +78,16 @@ def test_collection_lifecycle_and_search(client: httpx.Client) -> None:
         json={"query": "circle", "top_k": 10, "filter": {"metadata": {"n": 2}}},
     )
     assert [h["id"] for h in by_meta.json()["data"]] == ["t3"]
+    both = client.post(
+        "/v1/collections/shapes/search",
+        json={"query": "circle", "top_k": 10, "filter": {"metadata": {"kind": "text", "n": 2.0}}},
+    )
+    assert [h["id"] for h in both.json()["data"]] == ["t3"]  # 2.0 equals 2, as in JSON
+    nothing = client.post(
+        "/v1/collections/shapes/search",
+        json={"query": "circle", "filter": {"metadata": {"kind": "image"}, "modality": "text"}},
+    )
+    assert nothing.json()["data"] == []
 
     # upsert on the same id replaces the item
     r = client.post(
@@ -72,11 +97,15 @@ def test_collection_lifecycle_and_search(client: httpx.Client) -> None:
     assert r.json()["added"] == 0 and r.json()["updated"] == 1
     assert client.get("/v1/collections/shapes").json()["count"] == 7
     item = client.get("/v1/collections/shapes/items/t1").json()
-    assert item["text"] == TEXTS["t4"] and item["metadata"] == {"v": 2}
+    assert item["text"] == TEXTS["t4"] and item["metadata"] == {"v": 2} and item["thumbnail"] is None
     hits = client.post("/v1/collections/shapes/search", json={"query": TEXTS["t4"], "top_k": 2}).json()[
         "data"
     ]
     assert {h["id"] for h in hits} == {"t1", "t4"}
+    gone = client.post(
+        "/v1/collections/shapes/search", json={"query": "x", "filter": {"metadata": {"n": 0}}}
+    ).json()["data"]
+    assert gone == []  # the replaced item's old metadata no longer matches
 
     # deleting items
     r = client.post("/v1/collections/shapes/items/delete", json={"ids": ["t2", "nope"]})
@@ -88,10 +117,12 @@ def test_collection_lifecycle_and_search(client: httpx.Client) -> None:
         "data"
     ]
     assert "t2" not in {h["id"] for h in found} and "i0" not in {h["id"] for h in found}
+    assert client.get("/v1/collections/shapes").json()["counts"] == {"text": 3, "image": 2}
 
     # errors
     assert_error(client.post("/v1/collections", json={"name": "shapes"}), 409, "collection_exists")
     assert_error(client.post("/v1/collections", json={"name": "../etc"}), 400, "invalid_collection_name")
+    assert_error(client.post("/v1/collections", json={"name": "x", "index": "ivf"}), 422)
     assert_error(client.post("/v1/collections/none/search", json={"query": "x"}), 404, "collection_not_found")
     assert_error(client.post("/v1/collections/shapes/items", json={"items": [{"id": "x"}]}), 422)
     assert_error(
@@ -104,11 +135,48 @@ def test_collection_lifecycle_and_search(client: httpx.Client) -> None:
     )
     assert client.delete("/v1/collections/shapes").json()["deleted"] is True
     assert_error(client.get("/v1/collections/shapes"), 404, "collection_not_found")
+    # a new collection under the same name starts empty
+    assert client.post("/v1/collections", json={"name": "shapes"}).status_code == 201
+    assert client.get("/v1/collections/shapes").json()["count"] == 0
+    assert client.post("/v1/collections/shapes/search", json={"query": "circle"}).json()["data"] == []
 
 
-def test_collections_survive_a_restart(model_store: Path, tmp_path: Path) -> None:
+def _decode_data_uri(uri: str) -> Image.Image:
+    header, _, payload = uri.partition(",")
+    assert header in ("data:image/webp;base64", "data:image/jpeg;base64"), header
+    image = Image.open(io.BytesIO(base64.b64decode(payload)))
+    image.load()
+    return image
+
+
+def test_thumbnails_are_kept_when_asked_for(client: httpx.Client) -> None:
+    wide = png_bytes(seed=7, size=(300, 150))
+    assert client.post("/v1/collections", json={"name": "thumbs"}).status_code == 201
+    items = [
+        {"id": "wide", "image": data_uri(wide), "thumbnail": True},
+        {"id": "plain", "image": data_uri(png_bytes(seed=8, size=(40, 40)))},
+        {"id": "words", "text": "a thumbnail is asked for a text", "thumbnail": True},
+    ]
+    assert client.post("/v1/collections/thumbs/items", json={"items": items}).status_code == 200
+    kept = client.get("/v1/collections/thumbs/items/wide").json()["thumbnail"]
+    image = _decode_data_uri(kept)
+    assert image.size == (128, 64)  # longest side 128, aspect kept
+    assert len(kept) < 16_000
+    assert client.get("/v1/collections/thumbs/items/plain").json()["thumbnail"] is None
+    assert client.get("/v1/collections/thumbs/items/words").json()["thumbnail"] is None  # texts: always null
+    hits = client.post("/v1/collections/thumbs/search", json={"query": data_uri(wide), "top_k": 3}).json()[
+        "data"
+    ]
+    assert hits[0]["id"] == "wide" and hits[0]["thumbnail"] == kept
+    assert {h["id"]: h["thumbnail"] for h in hits[1:]} == {"plain": None, "words": None}
+    # replacing an item without asking drops its thumbnail
+    client.post("/v1/collections/thumbs/items", json={"items": [{"id": "wide", "image": data_uri(wide)}]})
+    assert client.get("/v1/collections/thumbs/items/wide").json()["thumbnail"] is None
+
+
+def test_collections_survive_a_restart(model_store: Path, tmp_path: Path, collections_url: str) -> None:
     settings = make_settings(
-        model_store, tmp_path / "data", collections_fsync=True, collection_snapshot_every=3
+        model_store, tmp_path / "data", collections_url=collections_url, collections_fsync=True
     )
     queries = [*TEXTS.values(), "a circle"]
     with LiveServer(settings) as live, live.client() as c:
@@ -141,69 +209,27 @@ def test_collections_survive_a_restart(model_store: Path, tmp_path: Path) -> Non
         assert c.get("/v1/collections/keep/items/t1").json()["metadata"] == {"x": 1}
 
 
-def _vec(seed: int, dim: int = 8) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def test_wal_replay_ignores_a_torn_tail_and_snapshots_fold(tmp_path: Path) -> None:
-    store = CollectionStore(tmp_path, snapshot_every=4)
-    store.open()
-    col = store.create("c", dim=8, model="m:v1")
-    for i in range(6):  # crosses one snapshot (after 4 records)
-        col.upsert([NewItem(f"x{i}", "text", _vec(i), {"i": i}, f"text {i}")])
-    col.delete(["x0"])
-    expected = col.search(_vec(3), top_k=10)
-    col.close()
-    wal = tmp_path / "c" / WAL_FILE
-    size = wal.stat().st_size
-    with wal.open("ab") as fh:  # a crash in the middle of appending the next record
-        fh.write(b'0badc0de {"op":"upsert","seq":99,"items":[{"id":"torn"')
-    reopened = CollectionStore(tmp_path, snapshot_every=4)
-    reopened.open()
-    again = reopened.get("c")
-    assert [(h.id, round(h.score, 6)) for h in again.search(_vec(3), top_k=10)] == [
-        (h.id, round(h.score, 6)) for h in expected
-    ]
-    assert again.get("torn") is None and again.get("x0") is None and again.count == 5
-    assert wal.stat().st_size == size  # the torn tail was cut off
-    again.upsert([NewItem("x9", "image", _vec(9), {}, None)])  # and appending continues cleanly
-    reopened.close()
-    third = CollectionStore(tmp_path)
-    third.open()
-    assert third.get("c").count == 6 and third.get("c").get("x9") is not None
-
-
-def test_concurrent_adds_and_searches(tmp_path: Path) -> None:
-    store = CollectionStore(tmp_path, fsync=False, snapshot_every=50)
-    store.open()
-    col = store.create("c", dim=8, model="m:v1")
-    errors: list[BaseException] = []
-
-    def writer(w: int) -> None:
-        try:
-            for i in range(40):
-                col.upsert([NewItem(f"w{w}-{i % 25}", "text", _vec(w * 100 + i), {"w": w})])
-        except BaseException as exc:
-            errors.append(exc)
-
-    def reader() -> None:
-        try:
-            for i in range(80):
-                hits = col.search(_vec(i), top_k=5)
-                assert len(hits) <= 5
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-    threads += [threading.Thread(target=reader) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert col.count == 4 * 25
-    store.close()
-    again = CollectionStore(tmp_path)
-    again.open()
-    assert again.get("c").count == 100
+def test_another_model_version_gets_409(model_store: Path, tmp_path: Path, collections_url: str) -> None:
+    """Two servers on one store, serving v1 and v2: v2 may list and read v1's collection, not mix
+    its vectors in."""
+    v1 = make_settings(model_store, tmp_path / "data", collections_url=collections_url)
+    v2 = make_settings(model_store, tmp_path / "data", collections_url=collections_url, model="momo-test:v2")
+    with LiveServer(v1) as first, first.client() as a, LiveServer(v2) as second, second.client() as b:
+        assert a.post("/v1/collections", json={"name": "v1-only"}).status_code == 201
+        assert (
+            a.post("/v1/collections/v1-only/items", json={"items": [{"id": "a", "text": "x"}]}).status_code
+            == 200
+        )
+        error = assert_error(
+            b.post("/v1/collections/v1-only/search", json={"query": "x"}), 409, "collection_model_mismatch"
+        )
+        assert "momo-test:v1" in error["message"]
+        assert_error(
+            b.post("/v1/collections/v1-only/items", json={"items": [{"id": "b", "text": "y"}]}),
+            409,
+            "collection_model_mismatch",
+        )
+        assert b.get("/v1/collections/v1-only").json()["searchable"] is False
+        assert a.get("/v1/collections/v1-only").json()["searchable"] is True
+        assert b.get("/v1/collections/v1-only/items/a").status_code == 200
+        assert b.get("/v1/collections/v1-only").json()["count"] == 1
