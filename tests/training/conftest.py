@@ -23,6 +23,15 @@ def micro_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def micro_shards(micro_data: Path) -> Path:
+    """The micro data's bundled sources also as shards (`momo data shard --bundled`), 60 per shard."""
+    from training.data.sharding import shard_bundled
+
+    shard_bundled(micro_data, shard_size=60, progress=False)
+    return micro_data
+
+
 def micro_recipe_dict(data_dir: Path, steps: int = 3) -> dict:
     pairs = ["shapes/train/pairs.jsonl", "emoji/train/pairs.jsonl"]
     return {
