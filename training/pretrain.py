@@ -389,6 +389,16 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--init-from", help="Start from this checkpoint.")
         ] = None,
         budget: Annotated[float, typer.Option("--budget", help="Scale every stage's steps.")] = 1.0,
+        from_shards: Annotated[
+            bool,
+            typer.Option(
+                "--from-shards",
+                help="Read every in-memory stream from its `momo data shard --bundled` shards.",
+            ),
+        ] = False,
+        shard_workers: Annotated[
+            int, typer.Option("--shard-workers", help="DataLoader workers per stream (--from-shards).")
+        ] = 1,
         seed: Annotated[int | None, typer.Option("--seed")] = None,
         data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="MOMO_DATA_DIR")] = None,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda")] = "auto",
@@ -407,6 +417,8 @@ def register(app: typer.Typer) -> None:
         recipe = recipe.select_stages(stages.split(",") if stages else None)
         if budget != 1.0:
             recipe = recipe.scaled(budget)
+        if from_shards:
+            recipe = recipe.from_shards(workers=shard_workers)
         result = run_pretraining(
             recipe,
             out,

@@ -23,8 +23,8 @@ A stream's `source` is `memory` (decoded into RAM before training: fastest for t
 data) or `shards` (WebDataset shards written by `momo data shard`, decoded on demand in `workers`
 DataLoader processes, shuffled `shuffle_shards` shards at a time; `on_error: skip` skips and counts
 a corrupt sample instead of stopping). `batch_size` is the global batch of one step;
-`micro_batch_size` (default: batch_size / ranks) is the largest forward a device runs, the rest is
-gradient accumulation.
+`micro_batch_size` (default: batch_size / ranks) is the largest forward a device runs: a rank runs
+as many gradient-accumulation passes as it takes to stay within it.
 """
 
 from __future__ import annotations
@@ -73,13 +73,8 @@ class StreamSpec:
             raise ValueError(f"stream {self.name!r}: source must be memory or shards, not {self.source!r}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"stream {self.name!r}: on_error must be raise or skip, not {self.on_error!r}")
-        if self.micro_batch_size is not None and (
-            self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size
-        ):
-            raise ValueError(
-                f"stream {self.name!r}: micro_batch_size {self.micro_batch_size} must divide "
-                f"batch_size {self.batch_size}"
-            )
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"stream {self.name!r}: micro_batch_size must be >= 1")
 
 
 @dataclass

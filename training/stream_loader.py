@@ -9,8 +9,9 @@ The order of epoch ``e`` is a pure function of ``(seed, e)``, drawn from one gen
 So at most one window of indices is in memory, and the DataLoader workers read a window's shards
 while it lasts (a few shards open at a time), never the whole data set. A global batch is the next
 ``batch_size`` items of the order; an epoch's last partial batch is dropped. The global batch is cut
-into ``M = batch_size / micro_batch_size`` micro-batches, micro-batch ``m`` = ``batch[m::M]``; rank
-``r`` of ``world`` runs micro-batches ``r·A … r·A + A − 1`` (``A = M / world`` accumulation steps),
+into ``M = world × A`` micro-batches of at most ``micro_batch_size`` items (``A`` accumulation passes
+per rank, the fewest that fit), micro-batch ``m`` = ``batch[m::M]``; rank ``r`` runs micro-batches
+``r·A … r·A + A − 1``,
 and the rank's DataLoader workers take its micro-batches in turn, so every item is seen once per
 epoch across ranks and workers. Nothing of this split enters the order or a micro-batch's content:
 one process with ``A = 2`` runs exactly the micro-batches two processes with ``A = 1`` run.
@@ -102,6 +103,19 @@ class _MicroBatches:
                 yield batch[m :: loader.micro_batches].tolist()
 
 
+def accumulation_steps(name: str, batch_size: int, world: int, micro_batch_size: int | None) -> int:
+    """The fewest passes A per rank whose micro-batches (batch_size / (world × A) items, equal on
+    every rank) are at most `micro_batch_size` (default: one pass)."""
+    largest = micro_batch_size or batch_size
+    for passes in range(max(1, -(-batch_size // (world * largest))), batch_size // world + 1):
+        if batch_size % (world * passes) == 0:
+            return passes
+    raise ValueError(
+        f"stream {name!r}: batch_size {batch_size} cannot be split into equal micro-batches of at most "
+        f"{largest} over {world} rank(s)"
+    )
+
+
 class StreamLoader:
     """Endless batches of one stream: this rank's micro-batches of each global batch, built by
     `collate` (in `workers` DataLoader processes, or in this one when 0)."""
@@ -124,17 +138,11 @@ class StreamLoader:
             raise ValueError(
                 f"stream {name!r} has {len(source)} items, fewer than its batch size {batch_size}"
             )
-        micro = micro_batch_size or batch_size // world
-        if batch_size % (world * micro):
-            raise ValueError(
-                f"stream {name!r}: batch_size {batch_size} is not a multiple of {world} rank(s) × "
-                f"micro_batch_size {micro}"
-            )
         self.name, self.source, self.collate = name, source, collate
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.workers, self.shuffle_shards = workers, shuffle_shards
-        self.micro_batches = batch_size // micro  # M, over all ranks
-        self.accumulation = self.micro_batches // world  # A, on this rank
+        self.accumulation = accumulation_steps(name, batch_size, world, micro_batch_size)  # A per rank
+        self.micro_batches = world * self.accumulation  # M, over all ranks
         self.own_micro_batches = range(rank * self.accumulation, (rank + 1) * self.accumulation)
         self.epoch, self.cursor, self.skipped = 0, 0, 0
         self._iterator: Iterator[Batch] | None = None

@@ -122,9 +122,12 @@ def test_non_finite_loss_stops_with_clear_message(micro_recipe: Recipe) -> None:
         _step(module, optimizer, scheduler, stage, _loaders(stage, data, config), 0)
 
 
-def test_resumed_run_equals_uninterrupted(micro_data: Path, tmp_path: Path) -> None:
-    recipe = recipe_from_dict(micro_recipe_dict(micro_data, steps=3))
+@pytest.mark.parametrize("source", ["memory", "shards"])
+def test_resumed_run_equals_uninterrupted(micro_shards: Path, tmp_path: Path, source: str) -> None:
+    recipe = recipe_from_dict(micro_recipe_dict(micro_shards, steps=3))
     recipe = dataclasses.replace(recipe, stages=recipe.stages[1:3])  # images+text, then text+pairs
+    if source == "shards":
+        recipe = recipe.from_shards(workers=1)
     full = run_pretraining(recipe, tmp_path / "full", progress=False)
     interrupted = run_pretraining(recipe, tmp_path / "resumed", progress=False, stop_after=4)
     assert interrupted.stopped_early
@@ -200,3 +203,11 @@ def test_two_process_data_parallel_run(micro_data: Path, tmp_path: Path) -> None
     # All-reduced gradients keep the replicas identical.
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=0, abs=1e-9)
     assert (out / "checkpoints/last.pt").exists()
+
+
+def test_bf16_autocast_where_measured_faster() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.use_bf16("auto", "momo-base", cuda)
+    for preset in ("momo-test", "momo-tiny", "momo-small", "momo-base"):
+        assert engine.use_bf16("auto", preset, cpu) == (preset in engine.CPU_BF16_PRESETS)
+    assert engine.use_bf16("bf16", "momo-tiny", cpu) and not engine.use_bf16("fp32", "momo-base", cuda)
