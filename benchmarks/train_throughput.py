@@ -1,12 +1,16 @@
 """Training throughput per objective, and achieved FLOP/s against a matmul peak measured in the
-same run.
+same run; with --pipeline, the data pipeline.
 
     .venv/bin/python benchmarks/train_throughput.py [--presets momo-tiny,momo-small] [--steps 5]
+    .venv/bin/python benchmarks/train_throughput.py --precision     # + bf16/fp32 per objective
+    .venv/bin/python benchmarks/train_throughput.py --pipeline      # the data-pipeline run
 
 For each preset and objective: one optimizer step (forward + backward + AdamW) on synthetic
 inputs of the preset's shapes, timed over `--steps` repetitions after a warm-up. FLOPs per step
 are counted by `torch.utils.flop_counter` (matmuls/convs/attention), so `achieved / peak` says how
-much of the machine the small model's step uses.
+much of the machine the small model's step uses. `--precision` times each step in fp32 and under
+CPU bf16 autocast, alternately, and prints the ratio of the fastest of each (what
+`training.engine.CPU_BF16_PRESETS` is chosen from). `--pipeline` runs `benchmarks/data_pipeline.py`.
 """
 
 from __future__ import annotations
@@ -120,7 +124,13 @@ def main() -> None:
     parser.add_argument(
         "--precision", action="store_true", help="also time each step under CPU bf16 autocast (bf16/fp32)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--pipeline", action="store_true", help="run the data-pipeline benchmark instead")
+    args, rest = parser.parse_known_args()
+    if args.pipeline:
+        from data_pipeline import main as pipeline_main
+
+        pipeline_main(rest)
+        return
     torch.set_num_threads(args.threads)
     peak = matmul_peak()
     print(f"threads {args.threads}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (1024x1024, best of 20)")
