@@ -11,13 +11,11 @@ has to match. Real processes: torchrun with the gloo backend.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
+from tests.training.conftest import torchrun_two
 from training.pretrain import run_pretraining
 from training.recipe import Recipe, recipe_from_dict
 
@@ -80,20 +78,7 @@ def test_two_processes_with_half_batches_equal_one_process(micro_shards: Path, t
         "alternating": mixed_recipe(micro_shards, "alternating").from_shards(workers=1),
     }
     (tmp_path / "recipes.json").write_text(json.dumps({k: r.to_dict() for k, r in recipes.items()}))
-    (tmp_path / "ddp.py").write_text(DDP_RUNS)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(tmp_path / "ddp.py"),
-        str(tmp_path / "recipes.json"),
-        str(tmp_path / "ddp"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path.cwd())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two(DDP_RUNS, [str(tmp_path / "recipes.json"), str(tmp_path / "ddp")], tmp_path)
 
     torch.set_num_threads(1)
     for name, recipe in recipes.items():

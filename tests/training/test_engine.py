@@ -2,9 +2,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ import torch
 from momo.artifact import load_artifact
 from momo.store import ModelStore
 from momo.tokenizer import MoMoTokenizer
-from tests.training.conftest import micro_recipe_dict
+from tests.training.conftest import micro_recipe_dict, torchrun_two
 from training import engine
 from training.distributed import DistInfo, Replicated
 from training.pretrain import run_pretraining
@@ -183,24 +180,11 @@ def test_two_process_data_parallel_run(micro_data: Path, tmp_path: Path) -> None
     recipe = micro_recipe_dict(micro_data, steps=2)
     recipe["stages"] = recipe["stages"][1:3]
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
-    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(tmp_path / "ddp.py"),
-        str(tmp_path / "recipe.json"),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path.cwd())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two(DDP_SCRIPT, [str(tmp_path / "recipe.json"), str(out)], tmp_path)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2
-    # All-reduced gradients keep the replicas identical.
+    # DDP keeps the replicas identical.
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=0, abs=1e-9)
     assert (out / "checkpoints/last.pt").exists()
 
