@@ -180,7 +180,7 @@ def build_loader(
     return StreamLoader(
         spec.name,
         source,
-        Collate(spec.kind, config, getattr(source, "pad_id", 0)),
+        Collate(spec.kind, config, source.pad_id),
         spec.batch_size,
         seed,
         rank=info.rank,

@@ -59,6 +59,7 @@ class StreamSource(Protocol):
 
     kind: str
     label_names: list[str]
+    pad_id: int  # the tokenizer's padding id, for `Collate`
 
     def __len__(self) -> int: ...
 
