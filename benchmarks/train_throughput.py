@@ -9,8 +9,8 @@ For each preset and objective: one optimizer step (forward + backward + AdamW) o
 inputs of the preset's shapes, timed over `--steps` repetitions after a warm-up. FLOPs per step
 are counted by `torch.utils.flop_counter` (matmuls/convs/attention), so `achieved / peak` says how
 much of the machine the small model's step uses. `--precision` times each step in fp32 and under
-CPU bf16 autocast, alternately, and prints the ratio of the fastest of each (what
-`training.engine.CPU_BF16_PRESETS` is chosen from). `--pipeline` runs `benchmarks/data_pipeline.py`.
+CPU bf16 autocast, alternately, in CPU seconds, and prints the ratio of the fastest of each (what
+`training.engine.CPU_BF16_PRESETS` is chosen from; run it with `--threads 1`). `--pipeline` runs `benchmarks/data_pipeline.py`.
 """
 
 from __future__ import annotations
@@ -99,17 +99,17 @@ def measure(preset: str, objective: str, batch: int, steps: int) -> tuple[float,
 
 
 def bf16_speedup(preset: str, objective: str, batch: int, rounds: int) -> float:
-    """fp32 step time / bf16 step time, fastest of `rounds` alternating steps each (the fastest
-    step is the one least disturbed by other work on a shared machine)."""
+    """fp32 step time / bf16 step time in CPU seconds of this process (not wall time, which other
+    work on a shared machine stretches), the least of `rounds` alternating steps each."""
     step = make_step(preset, objective, batch)
     best = {False: float("inf"), True: float("inf")}
     for bf16 in (False, True):
         step(bf16)  # warm-up (oneDNN picks its bf16 kernels on the first call)
     for _ in range(rounds):
         for bf16 in (False, True):
-            start = time.perf_counter()
+            start = time.process_time()
             step(bf16)
-            best[bf16] = min(best[bf16], time.perf_counter() - start)
+            best[bf16] = min(best[bf16], time.process_time() - start)
     return best[False] / best[True]
 
 

@@ -245,31 +245,32 @@ def train_step(
     accuracies, skipped samples, grad norm and lr."""
     model.module.train()
     optimizer.zero_grad(set_to_none=True)
-    passes = [
-        (index, spec, micro, batch, loaders[spec.name].accumulation)
-        for index, spec in active_streams(stage, step)
-        for micro, batch in loaders[spec.name].next_step()
-    ]
+    streams = active_streams(stage, step)
+    total = sum(loaders[spec.name].accumulation for _, spec in streams)
     logs: dict[str, float] = {}
     not_finite: list[str] = []
-    for n, (index, spec, micro, batch, accumulation) in enumerate(passes):
-        generator = step_generator(state.seed, micro, state.global_step, index)
-        context: dict[str, Any] = {}
-        # Backward per pass: this pass's graph is freed before the next one runs. Under DDP only
-        # the step's last backward reduces (the sum of all passes' gradients).
-        with model.sync(last=n == len(passes) - 1):
-            with _autocast(device, bf16):
-                losses = model(spec.objectives, batch.to(device), generator, context)
-            (weighted_sum(losses, stage.weights) / accumulation).backward()
-        for name, value in losses.items():
-            key = f"{spec.name}/{name}"
-            logs[key] = logs.get(key, 0.0) + float(value.detach()) / accumulation
-            if not math.isfinite(float(value.detach())):
-                not_finite.append(f"loss {name!r} of stream {spec.name!r} is {float(value.detach())}")
-        for name, value in context.items():
-            if name.endswith("accuracy"):
-                key = f"{spec.name}/{name}"
-                logs[key] = logs.get(key, 0.0) + float(value) / accumulation
+    done = 0
+    for index, spec in streams:
+        loader = loaders[spec.name]
+        for micro, batch in loader.next_step():  # one stream's micro-batches at a time
+            generator = step_generator(state.seed, micro, state.global_step, index)
+            context: dict[str, Any] = {}
+            done += 1
+            # Backward per pass: this pass's graph is freed before the next one runs. Under DDP
+            # only the step's last backward reduces (the sum of all passes' gradients).
+            with model.sync(last=done == total):
+                with _autocast(device, bf16):
+                    losses = model(spec.objectives, batch.to(device), generator, context)
+                (weighted_sum(losses, stage.weights) / loader.accumulation).backward()
+            for name, value in losses.items():
+                key, number = f"{spec.name}/{name}", float(value.detach())
+                logs[key] = logs.get(key, 0.0) + number / loader.accumulation
+                if not math.isfinite(number):
+                    not_finite.append(f"loss {name!r} of stream {spec.name!r} is {number}")
+            for name, value in context.items():
+                if name.endswith("accuracy"):
+                    key = f"{spec.name}/{name}"
+                    logs[key] = logs.get(key, 0.0) + float(value) / loader.accumulation
     for name, loader in loaders.items():
         if loader.skipped:
             logs[f"{name}/skipped"] = float(loader.skipped)

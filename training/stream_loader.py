@@ -162,7 +162,7 @@ class StreamLoader:
                     batch_sampler=_MicroBatches(self, self.epoch, self.cursor),
                     collate_fn=self.collate,
                     num_workers=self.workers,
-                    prefetch_factor=4 if self.workers else None,
+                    prefetch_factor=2 if self.workers else None,  # batches ready per worker
                 )
             )
         batches = [next(self._iterator) for _ in self.own_micro_batches]
