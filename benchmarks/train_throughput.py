@@ -10,7 +10,8 @@ inputs of the preset's shapes, timed over `--steps` repetitions after a warm-up.
 are counted by `torch.utils.flop_counter` (matmuls/convs/attention), so `achieved / peak` says how
 much of the machine the small model's step uses. `--precision` times each step in fp32 and under
 CPU bf16 autocast, alternately, in CPU seconds, and prints the ratio of the fastest of each (what
-`training.engine.CPU_BF16_PRESETS` is chosen from; run it with `--threads 1`). `--pipeline` runs `benchmarks/data_pipeline.py`.
+`training.engine.CPU_BF16_FASTER` is chosen from; run it with `--threads 1`). `--pipeline` runs
+`benchmarks/data_pipeline.py`.
 """
 
 from __future__ import annotations

@@ -199,16 +199,29 @@ def step_generator(seed: int, micro_batch: int, global_step: int, stream_index: 
     return torch.Generator().manual_seed(int(state))
 
 
-# bf16 autocast on CPU only where it was measured to be faster than fp32 for the preset's training
-# step (`benchmarks/train_throughput.py --precision`, MEASURED_CPU_BF16); fp32 elsewhere. bf16 on CUDA.
-CPU_BF16_PRESETS: frozenset[str] = frozenset()
+# bf16 autocast on CPU where it was measured faster than fp32, per preset and objective: the
+# bf16/fp32 speed of one training step (forward + backward + AdamW), CPU seconds, 1 thread,
+# `benchmarks/train_throughput.py --precision --threads 1 --steps 5` (base: --batch 8 --steps 3),
+# on this project's 2-core Xeon with AMX-bf16:
+#               mim    mlm    itc    itm    mmm    vqa
+#   momo-tiny   0.83   1.16   1.08   1.46   1.31   1.33
+#   momo-small  0.85   1.26   1.33   1.65   1.49   1.48
+# MIM (few visible patches, small matmuls) is slower in bf16; everything else is faster.
+CPU_BF16_FASTER: dict[str, frozenset[str]] = {
+    "momo-tiny": frozenset({"mlm", "itc", "itm", "mmm", "vqa"}),
+    "momo-small": frozenset({"mlm", "itc", "itm", "mmm", "vqa"}),
+}
 
 
-def use_bf16(precision: Precision, preset: str, device: torch.device) -> bool:
-    """Whether the training step runs under bf16 autocast."""
+def use_bf16(precision: Precision, preset: str, device: torch.device, objectives: list[str]) -> bool:
+    """Whether a pass of these objectives runs under bf16 autocast: always on CUDA with `auto`, on
+    CPU where every objective of the pass was measured faster in bf16 for the preset."""
     if precision != "auto":
         return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and preset in CPU_BF16_PRESETS)
+    if device.type == "cuda":
+        return True
+    faster = CPU_BF16_FASTER.get(preset, frozenset())
+    return device.type == "cpu" and all(o in faster for o in objectives)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -239,7 +252,8 @@ def train_step(
     step: int,
     state: StepState,
     device: torch.device,
-    bf16: bool = False,
+    precision: Precision = "fp32",
+    preset: str = "",
 ) -> dict[str, float]:
     """One optimizer step; returns named losses (per stream, mean over this rank's micro-batches),
     accuracies, skipped samples, grad norm and lr."""
@@ -252,6 +266,7 @@ def train_step(
     done = 0
     for index, spec in streams:
         loader = loaders[spec.name]
+        bf16 = use_bf16(precision, preset, device, spec.objectives)
         for micro, batch in loader.next_step():  # one stream's micro-batches at a time
             generator = step_generator(state.seed, micro, state.global_step, index)
             context: dict[str, Any] = {}

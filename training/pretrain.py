@@ -188,7 +188,6 @@ def run_pretraining(
     if checkpoint is not None and dist_info.is_main:
         engine.truncate_metrics(metrics_path, global_step)
 
-    bf16 = engine.use_bf16(recipe.precision, recipe.preset, dev)
     if any(s.workers for stage in recipe.stages for s in stage.streams):
         # Workers are forked after the tokenizer ran here; its thread pool must not be inherited.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -258,7 +257,8 @@ def run_pretraining(
                 step,
                 engine.StepState(global_step, recipe.seed),
                 dev,
-                bf16,
+                recipe.precision,
+                recipe.preset,
             )
             step += 1
             global_step += 1

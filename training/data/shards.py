@@ -53,11 +53,14 @@ class WebDatasetRecord:
 
 def expand_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     """Shard paths from a list, a glob (``shards/*.tar``), a brace range (``shard-{000000..000009}.tar``)
-    or a folder holding an ``index.json``. A string that is none of these names one shard."""
+    or a folder of shards (those its ``index.json`` lists, else its ``*.tar``). A string that is none
+    of these names one shard."""
     if not isinstance(spec, str | Path):
         return [p for item in spec for p in expand_shards(item)]
     path = Path(spec)
-    if path.is_dir() or path.name == INDEX_FILE:
+    if path.is_dir():
+        return ShardSet.open([path]).shards if (path / INDEX_FILE).is_file() else sorted(path.glob("*.tar"))
+    if path.name == INDEX_FILE:
         return ShardSet.open([path]).shards
     import braceexpand
 
@@ -87,10 +90,10 @@ class ShardSet:
         for spec in specs:
             path = Path(spec)
             index = path / INDEX_FILE if path.is_dir() else path
-            if index.name == INDEX_FILE:
+            if index.name == INDEX_FILE and (index.is_file() or not path.is_dir()):
                 parts.append(cls._from_index(index))
                 continue
-            shards = expand_shards(spec)
+            shards = sorted(path.glob("*.tar")) if path.is_dir() else expand_shards(spec)
             if not shards:
                 raise DataFormatError(f"{spec}: no shards found")
             parts.append(cls(shards, [count_samples(s) for s in shards]))
@@ -106,7 +109,7 @@ class ShardSet:
     @classmethod
     def _from_index(cls, index: Path) -> ShardSet:
         if not index.is_file():
-            raise DataFormatError(f"{index.parent}: no {INDEX_FILE} (write shards with `momo data shard`)")
+            raise DataFormatError(f"{index}: not found (write shards with `momo data shard`)")
         try:
             spec = json.loads(index.read_text())
             entries = spec["shardlist"]

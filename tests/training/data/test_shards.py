@@ -89,6 +89,7 @@ def test_webdataset_reads_foreign_shard_and_rejects_bad_samples(tmp_path: Path) 
     with pytest.raises(DataFormatError, match=r"s\.tar: sample 'dir/000002': several image members"):
         next(samples)
     assert ShardSet.open([shard]).counts == [2]  # no index: counted by opening the shard
+    assert ShardSet.open([tmp_path]).shards == [shard]  # a folder without index.json: its *.tar
     broken = tmp_path / "broken.tar"
     broken.write_bytes(b"not a tar file at all" * 40)
     with pytest.raises(DataFormatError, match="not a readable tar file"):
