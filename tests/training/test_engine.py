@@ -195,6 +195,7 @@ def test_bf16_autocast_where_measured_faster() -> None:
     # On CPU: MIM measured slower in bf16 (fp32), the pair objectives faster (bf16), per preset.
     assert not engine.use_bf16("auto", "momo-tiny", cpu, ["mim"])
     assert engine.use_bf16("auto", "momo-tiny", cpu, ["itc", "itm", "mmm"])
+    assert engine.use_bf16("auto", "momo-base", cpu, ["mim"])  # larger matmuls: faster in bf16
     assert not engine.use_bf16("auto", "momo-test", cpu, ["mlm"])  # not measured: fp32
     assert engine.use_bf16("bf16", "momo-tiny", cpu, ["mim"])
     assert not engine.use_bf16("fp32", "momo-base", cuda, ["itc"])
