@@ -17,6 +17,7 @@ CPU bf16 autocast, alternately, in CPU seconds, and prints the ratio of the fast
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 
@@ -126,12 +127,12 @@ def main() -> None:
         "--precision", action="store_true", help="also time each step under CPU bf16 autocast (bf16/fp32)"
     )
     parser.add_argument("--pipeline", action="store_true", help="run the data-pipeline benchmark instead")
-    args, rest = parser.parse_known_args()
-    if args.pipeline:
+    if "--pipeline" in sys.argv[1:]:  # its own options (--steps, --sizes, --threads)
         from data_pipeline import main as pipeline_main
 
-        pipeline_main(rest)
+        pipeline_main([a for a in sys.argv[1:] if a != "--pipeline"])
         return
+    args = parser.parse_args()
     torch.set_num_threads(args.threads)
     peak = matmul_peak()
     print(f"threads {args.threads}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (1024x1024, best of 20)")
