@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -72,14 +73,23 @@ class Block(nn.Module):
 
 
 class Tower(nn.Module):
-    """A stack of blocks followed by a final LayerNorm."""
+    """A stack of blocks followed by a final LayerNorm.
+
+    With `grad_checkpointing` on, each block's activations are recomputed in the backward pass
+    instead of kept (memory for the large presets, at about one more forward of compute).
+    """
 
     def __init__(self, blocks: list[Block], width: int, eps: float = 1e-6):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(width, eps=eps)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, key_mask)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                # Non-reentrant: works with DDP's unused-parameter search and keeps the RNG state.
+                x = torch.utils.checkpoint.checkpoint(block, x, key_mask, use_reentrant=False)
+            else:
+                x = block(x, key_mask)
         return self.norm(x)

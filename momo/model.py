@@ -132,6 +132,12 @@ class MoMoEncoder(nn.Module):
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         nn.init.zeros_(self.image_embed.patch.bias)  # type: ignore[arg-type]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every tower's block activations in backward (see `Tower`)."""
+        for module in self.modules():
+            if isinstance(module, Tower):
+                module.grad_checkpointing = enable
+
     # --- towers ---------------------------------------------------------------------------------
     def _image_tower(self) -> Tower:
         return self.encoder if self.config.towers == "shared" else self.image_tower

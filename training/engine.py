@@ -1,13 +1,16 @@
-"""The stage engine: set-up (`build_*`) kept apart from the loop (`train_step`, `evaluate`).
+"""The stage engine: set-up (`build_*`) kept apart from the loop (`train_step`).
 
 Simultaneous mode (the method): every optimizer step takes one batch from *each* stream of the
 stage, runs that stream's objectives, and calls backward per stream (so only one stream's
 activations are alive at a time); gradients accumulate and one `optimizer.step()` follows.
 Alternating mode (the ablation baseline): one stream per step, round-robin.
 
-Data parallelism: under `torchrun` every rank takes its share of each global batch and the
-gradients are all-reduced (gloo on CPU, NCCL on GPU) before the step — DDP's arithmetic, done by
-hand because one step runs several forward/backward passes through different submodules.
+A stream's global batch is split into micro-batches (`training.stream_loader`): over ranks (torch
+DDP, `training.distributed`) and, within a rank, over gradient-accumulation passes. Each pass's
+loss is scaled by 1/accumulation and DDP averages over ranks, so the update is the mean over the
+step's micro-batches whatever the split. Masking randomness is a function of the micro-batch's
+global index, not of the rank that runs it, so 1 process × 2 accumulation passes and 2 processes ×
+1 pass give the same parameters.
 """
 
 from __future__ import annotations
@@ -17,23 +20,24 @@ import math
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from momo.config import MoMoConfig
 from momo.heads import HeadSpec
 from momo.model import MoMoEncoder
 from momo.tokenizer import MoMoTokenizer
-from training.losses import Objective, TokenInfo, build_objective, weighted_sum
+from training.distributed import DistInfo, Replicated
+from training.losses import Batch, Objective, TokenInfo, build_objective, weighted_sum
 from training.losses.contrastive import ITCLoss
-from training.recipe import StageSpec, StreamSpec
-from training.streams import StreamData, StreamLoader, build_stream_data
+from training.recipe import Precision, StageSpec, StreamSpec
+from training.stream_loader import StreamLoader
+from training.streams import Collate, StreamSource, build_stream_data
 
 KEPT_HEADS = ("itm", "vqa")  # objectives whose heads go into the artifact
 
@@ -46,41 +50,6 @@ class HandOverError(RuntimeError):
     """A stage's starting weights did not match the expected set of new/dropped parameters."""
 
 
-# --- distributed ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def all_reduce_gradients(parameters: list[nn.Parameter], world: int) -> None:
-    """Average gradients over ranks in one flat buffer (missing grads count as zero)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in parameters:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
-
-
 # --- set-up --------------------------------------------------------------------------------------
 class PretrainModule(nn.Module):
     """The encoder plus this stage's objectives (each owning its head)."""
@@ -89,6 +58,15 @@ class PretrainModule(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.objectives = nn.ModuleDict(objectives)
+
+    def forward(
+        self, objectives: list[str], batch: Batch, generator: torch.Generator, context: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """One stream's pass: the named objectives on `batch` -> their named losses."""
+        losses: dict[str, torch.Tensor] = {}
+        for objective in objectives:
+            losses.update(self.objectives[objective](self.encoder, batch, generator, context))
+        return losses
 
 
 def token_info(tokenizer: MoMoTokenizer) -> TokenInfo:
@@ -174,22 +152,79 @@ def resolve_paths(data_dir: Path, paths: list[str]) -> list[Path]:
 
 def build_stream(
     spec: StreamSpec, data_dir: Path, config: MoMoConfig, tokenizer: MoMoTokenizer, answers: list[str] | None
-) -> StreamData:
-    return build_stream_data(
+) -> StreamSource:
+    """The stream's source: decoded into RAM now (`source: memory`) or read from shards on demand."""
+    paths = resolve_paths(data_dir, spec.paths)
+    label_names = answers if spec.kind == "vqa" else None
+    if spec.source == "memory":
+        return build_stream_data(
+            spec.kind, paths, config, tokenizer, limit=spec.limit, label_names=label_names
+        )
+    from training.data.shards import ShardSet
+    from training.shard_streams import ShardStream
+
+    return ShardStream(
         spec.kind,
-        resolve_paths(data_dir, spec.paths),
+        ShardSet.open(paths),
         config,
         tokenizer,
         limit=spec.limit,
-        label_names=answers if spec.kind == "vqa" else None,
+        label_names=label_names,
+        on_error=spec.on_error,
     )
 
 
-def step_generator(seed: int, rank: int, global_step: int, stream_index: int) -> torch.Generator:
-    """Masking / negative sampling randomness as a pure function of (seed, rank, step, stream):
-    nothing to checkpoint, and a resumed step draws exactly what the uninterrupted one drew."""
-    state = np.random.SeedSequence([seed, rank, global_step, stream_index]).generate_state(1)[0]
+def build_loader(
+    spec: StreamSpec, source: StreamSource, config: MoMoConfig, seed: int, info: DistInfo
+) -> StreamLoader:
+    return StreamLoader(
+        spec.name,
+        source,
+        Collate(spec.kind, config, source.pad_id),
+        spec.batch_size,
+        seed,
+        rank=info.rank,
+        world=info.world,
+        micro_batch_size=spec.micro_batch_size,
+        workers=spec.workers,
+        shuffle_shards=spec.shuffle_shards,
+    )
+
+
+def step_generator(seed: int, micro_batch: int, global_step: int, stream_index: int) -> torch.Generator:
+    """Masking / negative sampling randomness as a pure function of (seed, micro-batch, step,
+    stream): nothing to checkpoint, a resumed step draws exactly what the uninterrupted one drew,
+    and a micro-batch draws the same whichever rank runs it."""
+    state = np.random.SeedSequence([seed, micro_batch, global_step, stream_index]).generate_state(1)[0]
     return torch.Generator().manual_seed(int(state))
+
+
+# bf16 autocast on CPU where it was measured faster than fp32, per preset and objective: the
+# bf16/fp32 speed of one training step (forward + backward + AdamW), CPU seconds, 1 thread,
+# `benchmarks/train_throughput.py --precision --threads 1 --steps 5` (base: --batch 8 --steps 3),
+# on this project's 2-core Xeon with AMX-bf16:
+#               mim    mlm    itc    itm    mmm    vqa
+#   momo-tiny   0.83   1.16   1.08   1.46   1.31   1.33
+#   momo-small  0.85   1.26   1.33   1.65   1.49   1.48
+#   momo-base   1.61   1.27   1.99   2.18   1.98   1.94
+# MIM of the small presets (few visible patches, small matmuls) is slower in bf16; all else faster.
+# Presets not listed (momo-test, momo-large) were not measured and stay fp32 on CPU.
+CPU_BF16_FASTER: dict[str, frozenset[str]] = {
+    "momo-tiny": frozenset({"mlm", "itc", "itm", "mmm", "vqa"}),
+    "momo-small": frozenset({"mlm", "itc", "itm", "mmm", "vqa"}),
+    "momo-base": frozenset({"mim", "mlm", "itc", "itm", "mmm", "vqa"}),
+}
+
+
+def use_bf16(precision: Precision, preset: str, device: torch.device, objectives: list[str]) -> bool:
+    """Whether a pass of these objectives runs under bf16 autocast: always on CUDA with `auto`, on
+    CPU where every objective of the pass was measured faster in bf16 for the preset."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    faster = CPU_BF16_FASTER.get(preset, frozenset())
+    return device.type == "cpu" and all(o in faster for o in objectives)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -197,12 +232,10 @@ def step_generator(seed: int, rank: int, global_step: int, stream_index: int) ->
 class StepState:
     global_step: int
     seed: int
-    dist: DistInfo = field(default_factory=DistInfo)
 
 
-def _autocast(device: torch.device) -> Any:
-    # bf16 autocast on CUDA; plain fp32 on CPU (CPU bf16 is slower than fp32 on most cores).
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, bf16: bool) -> Any:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def active_streams(stage: StageSpec, step: int) -> list[tuple[int, StreamSpec]]:
@@ -214,83 +247,67 @@ def active_streams(stage: StageSpec, step: int) -> list[tuple[int, StreamSpec]]:
 
 
 def train_step(
-    module: PretrainModule,
+    model: Replicated,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     stage: StageSpec,
     loaders: dict[str, StreamLoader],
-    config: MoMoConfig,
     step: int,
     state: StepState,
     device: torch.device,
+    precision: Precision = "fp32",
+    preset: str = "",
 ) -> dict[str, float]:
-    """One optimizer step; returns named losses (per stream), accuracies, grad norm and lr."""
-    module.train()
+    """One optimizer step; returns named losses (per stream, mean over this rank's micro-batches),
+    accuracies, skipped samples, grad norm and lr."""
+    model.module.train()
     optimizer.zero_grad(set_to_none=True)
+    streams = active_streams(stage, step)
+    total = sum(loaders[spec.name].accumulation for _, spec in streams)
     logs: dict[str, float] = {}
-    for index, spec in active_streams(stage, step):
-        batch = loaders[spec.name].next_batch(config).to(device)
-        generator = step_generator(state.seed, state.dist.rank, state.global_step, index)
-        context: dict[str, Any] = {}
-        losses: dict[str, torch.Tensor] = {}
-        with _autocast(device):
-            for objective in spec.objectives:
-                losses.update(module.objectives[objective](module.encoder, batch, generator, context))
-        for name, value in losses.items():
-            if not torch.isfinite(value):
-                raise NonFiniteLossError(
-                    f"stage {stage.name!r} step {step} (global {state.global_step}): loss {name!r} of stream "
-                    f"{spec.name!r} is {value.item()}; stopping. Lower the learning rate "
-                    f"({stage.lr}) or check the data; resume from the last checkpoint with --resume."
-                )
-        # Backward per stream: this stream's graph is freed before the next stream runs.
-        weighted_sum(losses, stage.weights).backward()
-        for name, value in losses.items():
-            logs[f"{spec.name}/{name}"] = float(value.detach())
-        for name, value in context.items():
-            if name.endswith("accuracy"):
-                logs[f"{spec.name}/{name}"] = float(value)
-    params = [p for p in module.parameters() if p.requires_grad]
-    if state.dist.world > 1:
-        all_reduce_gradients(params, state.dist.world)
+    not_finite: list[str] = []
+    done = 0
+    for index, spec in streams:
+        loader = loaders[spec.name]
+        bf16 = use_bf16(precision, preset, device, spec.objectives)
+        for micro, batch in loader.next_step():  # one stream's micro-batches at a time
+            generator = step_generator(state.seed, micro, state.global_step, index)
+            context: dict[str, Any] = {}
+            done += 1
+            # Backward per pass: this pass's graph is freed before the next one runs. Under DDP
+            # only the step's last backward reduces (the sum of all passes' gradients).
+            with model.sync(last=done == total):
+                with _autocast(device, bf16):
+                    losses = model(spec.objectives, batch.to(device), generator, context)
+                (weighted_sum(losses, stage.weights) / loader.accumulation).backward()
+            for name, value in losses.items():
+                key, number = f"{spec.name}/{name}", float(value.detach())
+                logs[key] = logs.get(key, 0.0) + number / loader.accumulation
+                if not math.isfinite(number):
+                    not_finite.append(f"loss {name!r} of stream {spec.name!r} is {number}")
+            for name, value in context.items():
+                if name.endswith("accuracy"):
+                    key = f"{spec.name}/{name}"
+                    logs[key] = logs.get(key, 0.0) + float(value) / loader.accumulation
+    for name, loader in loaders.items():
+        if loader.skipped:
+            logs[f"{name}/skipped"] = float(loader.skipped)
+    params = [p for p in model.module.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+    # Every rank holds the same reduced gradients, so every rank stops here together (a rank that
+    # raised at its own loss would leave the others waiting in the all-reduce).
+    if not_finite or not torch.isfinite(grad_norm):
+        problem = "; ".join(not_finite) or f"the gradient norm is {float(grad_norm)} (a loss on another rank)"
+        raise NonFiniteLossError(
+            f"stage {stage.name!r} step {step} (global {state.global_step}): {problem}; stopping. "
+            f"Lower the learning rate ({stage.lr}) or check the data; resume from the last checkpoint "
+            "with --resume."
+        )
     optimizer.step()
     scheduler.step()
     logs["grad_norm"] = float(grad_norm)
     logs["lr"] = float(scheduler.get_last_lr()[0])
     return logs
-
-
-@torch.no_grad()
-def evaluate(
-    module: PretrainModule,
-    stage: StageSpec,
-    loaders: dict[str, StreamLoader],
-    config: MoMoConfig,
-    device: torch.device,
-    batches: int = 4,
-    seed: int = 1234,
-) -> dict[str, float]:
-    """Mean of every named loss over `batches` batches of each (validation) loader, no gradients."""
-    module.eval()
-    sums: dict[str, float] = {}
-    for index, spec in enumerate(stage.streams):
-        loader = loaders.get(spec.name)
-        if loader is None:
-            continue
-        for b in range(batches):
-            batch = loader.next_batch(config).to(device)
-            context: dict[str, Any] = {}
-            generator = step_generator(seed, 0, b, index)
-            with _autocast(device):
-                for objective in spec.objectives:
-                    for name, value in module.objectives[objective](
-                        module.encoder, batch, generator, context
-                    ).items():
-                        key = f"val/{spec.name}/{name}"
-                        sums[key] = sums.get(key, 0.0) + float(value) / batches
-    module.train()
-    return sums
 
 
 # --- run management ------------------------------------------------------------------------------

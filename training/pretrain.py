@@ -12,6 +12,7 @@ Layout of a run directory (`--out`):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ class RunResult:
     model: Any = None  # MoMoModel
 
 
+def _is_loss(key: str) -> bool:
+    """Metrics keys `<stream>/<loss>`; not accuracies or the skipped-sample counts."""
+    return "/" in key and not key.endswith(("accuracy", "/skipped"))
+
+
 def _mean_of(rows: list[dict[str, Any]], keys: set[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for key in keys:
@@ -51,7 +57,7 @@ def summarise_losses(rows: list[dict[str, Any]], window: int = 5) -> tuple[dict[
     last: dict[str, dict[str, float]] = {}
     for stage in dict.fromkeys(r["stage"] for r in rows):
         stage_rows = [r for r in rows if r["stage"] == stage]
-        keys = {k for r in stage_rows for k in r if "/" in k and not k.endswith("accuracy")}
+        keys = {k for r in stage_rows for k in r if _is_loss(k)}
         first[stage] = _mean_of(stage_rows[:window], keys)
         last[stage] = _mean_of(stage_rows[-window:], keys)
     return first, last
@@ -70,7 +76,7 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.6), squeeze=False)
     for ax, stage in zip(axes[0], stages, strict=True):
         stage_rows = [r for r in rows if r["stage"] == stage]
-        keys = sorted({k for r in stage_rows for k in r if "/" in k and not k.endswith("accuracy")})
+        keys = sorted({k for r in stage_rows for k in r if _is_loss(k)})
         for key in keys:
             points = [(r["step"], r[key]) for r in stage_rows if key in r]
             ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
@@ -110,12 +116,14 @@ def run_pretraining(
     from momo.tokenizer import MoMoTokenizer
     from training import engine
     from training.data.formats import read_text_lines
+    from training.distributed import Replicated, init_distributed
     from training.recipe import save_recipe
-    from training.streams import StreamData, StreamLoader
+    from training.stream_loader import StreamLoader
+    from training.streams import StreamSource
 
     started = time.perf_counter()
     dev = engine.resolve_device(device)
-    dist_info = engine.init_distributed(dev)
+    dist_info = init_distributed(dev)
     if dev.type == "cuda" and dist_info.world > 1:
         dev = torch.device("cuda", dist_info.local_rank)
     out_dir = Path(out_dir)
@@ -180,33 +188,32 @@ def run_pretraining(
     if checkpoint is not None and dist_info.is_main:
         engine.truncate_metrics(metrics_path, global_step)
 
+    if any(s.workers for stage in recipe.stages for s in stage.streams):
+        # Workers are forked after the tokenizer ran here; its thread pool must not be inherited.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     result = RunResult(out_dir)
     module: engine.PretrainModule | None = None
-    decoded: dict[tuple[str, tuple[str, ...], int | None], StreamData] = {}  # shared across stages
+    sources: dict[tuple[str, str, tuple[str, ...], int | None], StreamSource] = {}  # shared by stages
     for stage_index in range(start_stage, len(recipe.stages)):
         stage = recipe.stages[stage_index]
         datasets = {}
         for spec in stage.streams:
             # Stages often read the same files (e.g. the pairs of stages 3 and 4): decode them once.
-            key = (spec.kind, tuple(spec.paths), spec.limit)
-            if key not in decoded:
-                decoded[key] = engine.build_stream(spec, data_dir, config, tokenizer, answers)
-            datasets[spec.name] = decoded[key]
+            key = (spec.source, spec.kind, tuple(spec.paths), spec.limit)
+            if key not in sources:
+                sources[key] = engine.build_stream(spec, data_dir, config, tokenizer, answers)
+            datasets[spec.name] = sources[key]
             if spec.kind == "vqa" and answers is None:
                 answers = datasets[spec.name].label_names
-        loaders = {
-            spec.name: StreamLoader(
-                spec.name,
-                datasets[spec.name],
-                spec.batch_size,
-                seed=recipe.seed * 1000 + stage_index * 31 + i,
-                rank=dist_info.rank,
-                world=dist_info.world,
+        loaders: dict[str, StreamLoader] = {
+            spec.name: engine.build_loader(
+                spec, datasets[spec.name], config, recipe.seed * 1000 + stage_index * 31 + i, dist_info
             )
             for i, spec in enumerate(stage.streams)
         }
         torch.manual_seed(recipe.seed + stage_index)  # fresh heads start from a known state
         module = engine.build_module(config, stage, tokens, answers).to(dev)
+        module.encoder.set_grad_checkpointing(recipe.activation_checkpointing)
         resuming_here = checkpoint is not None and stage_index == start_stage
         if resuming_here:
             assert checkpoint is not None
@@ -219,6 +226,7 @@ def run_pretraining(
                 tqdm_write(
                     f"stage {stage.name}: starts from the previous weights; new heads {new}, dropped {gone}"
                 )
+        replicated = Replicated(module, dist_info, dev)
         optimizer = engine.build_optimizer(module, stage)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, engine.warmup_cosine(stage))
         step = 0
@@ -241,15 +249,16 @@ def run_pretraining(
         tick = time.perf_counter()
         while step < stage.steps:
             logs = engine.train_step(
-                module,
+                replicated,
                 optimizer,
                 scheduler,
                 stage,
                 loaders,
-                config,
                 step,
-                engine.StepState(global_step, recipe.seed, dist_info),
+                engine.StepState(global_step, recipe.seed),
                 dev,
+                recipe.precision,
+                recipe.preset,
             )
             step += 1
             global_step += 1
@@ -267,7 +276,7 @@ def run_pretraining(
                 }
                 with metrics_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
-            shown = {k.split("/")[-1]: v for k, v in logs.items() if "/" in k and not k.endswith("accuracy")}
+            shown = {k.split("/")[-1]: v for k, v in logs.items() if _is_loss(k)}
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in shown.items()}, "samples/s": f"{throughput:.0f}"})
             bar.update(1)
             if step == stage.steps:
@@ -300,9 +309,13 @@ def run_pretraining(
                 engine.save_checkpoint(ckpt_dir / "last.pt", payload)
             if stop_after is not None and global_step >= stop_after:
                 bar.close()
+                for loader in loaders.values():
+                    loader.close()
                 result.stopped_early = True
                 return result
         bar.close()
+        for loader in loaders.values():
+            loader.close()
         result.steps[stage.name] = stage.steps
         previous_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -376,6 +389,16 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--init-from", help="Start from this checkpoint.")
         ] = None,
         budget: Annotated[float, typer.Option("--budget", help="Scale every stage's steps.")] = 1.0,
+        from_shards: Annotated[
+            bool,
+            typer.Option(
+                "--from-shards",
+                help="Read every in-memory stream from its `momo data shard --bundled` shards.",
+            ),
+        ] = False,
+        shard_workers: Annotated[
+            int, typer.Option("--shard-workers", help="DataLoader workers per stream (--from-shards).")
+        ] = 1,
         seed: Annotated[int | None, typer.Option("--seed")] = None,
         data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="MOMO_DATA_DIR")] = None,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda")] = "auto",
@@ -394,6 +417,8 @@ def register(app: typer.Typer) -> None:
         recipe = recipe.select_stages(stages.split(",") if stages else None)
         if budget != 1.0:
             recipe = recipe.scaled(budget)
+        if from_shards:
+            recipe = recipe.from_shards(workers=shard_workers)
         result = run_pretraining(
             recipe,
             out,

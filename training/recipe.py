@@ -6,6 +6,8 @@ preset: momo-tiny          # a momo.config preset
 config: {}                 # field overrides of the preset (e.g. towers: separate)
 seed: 0
 tokenizer: {corpus: [text/train.txt]}   # or {path: tokenizer.json} to reuse a fixed one
+precision: auto           # bf16 autocast on CUDA and on CPU where measured faster; or fp32 / bf16
+activation_checkpointing: false   # recompute each block in backward (less memory, ~1/3 more compute)
 stages:
   - name: images
     steps: 600
@@ -16,6 +18,13 @@ stages:
       - {name: fmnist, kind: image, paths: [fashion_mnist/train], batch_size: 64, objectives: [mim]}
 ```
 Paths are relative to the data directory unless absolute.
+
+A stream's `source` is `memory` (decoded into RAM before training: fastest for the small bundled
+data) or `shards` (WebDataset shards written by `momo data shard`, decoded on demand in `workers`
+DataLoader processes, shuffled `shuffle_shards` shards at a time; `on_error: skip` skips and counts
+a corrupt sample instead of stopping). `batch_size` is the global batch of one step;
+`micro_batch_size` (default: batch_size / ranks) is the largest forward a device runs: a rank runs
+as many gradient-accumulation passes as it takes to stay within it.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from training.losses import OBJECTIVES
 from training.streams import STREAM_KINDS
 
 Mode = Literal["simultaneous", "alternating"]
+Source = Literal["memory", "shards"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass
@@ -42,6 +53,11 @@ class StreamSpec:
     batch_size: int
     objectives: list[str]
     limit: int | None = None
+    source: Source = "memory"
+    micro_batch_size: int | None = None
+    workers: int = 0  # DataLoader processes decoding and batching this stream (0: in the trainer)
+    shuffle_shards: int = 8  # shards shuffled together (the shuffle buffer of a shard stream)
+    on_error: Literal["raise", "skip"] = "raise"  # a corrupt shard sample: stop, or skip and count
 
     def __post_init__(self) -> None:
         if self.kind not in STREAM_KINDS:
@@ -53,6 +69,12 @@ class StreamSpec:
             raise ValueError(f"stream {self.name!r}: batch_size must be >= 2 (contrastive needs negatives)")
         if isinstance(self.paths, str):
             self.paths = [self.paths]
+        if self.source not in ("memory", "shards"):
+            raise ValueError(f"stream {self.name!r}: source must be memory or shards, not {self.source!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"stream {self.name!r}: on_error must be raise or skip, not {self.on_error!r}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"stream {self.name!r}: micro_batch_size must be >= 1")
 
 
 @dataclass
@@ -98,6 +120,12 @@ class Recipe:
     seed: int = 0
     tokenizer: dict[str, Any] = field(default_factory=dict)
     data_dir: str = "data"
+    precision: Precision = "auto"
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
 
     def model_config(self) -> MoMoConfig:
         return get_preset(self.preset, **self.config)
@@ -117,6 +145,22 @@ class Recipe:
     def scaled(self, factor: float) -> Recipe:
         """Every stage's steps × factor (at least 1): the `--budget` knob."""
         stages = [dataclasses.replace(s, steps=max(1, round(s.steps * factor))) for s in self.stages]
+        return dataclasses.replace(self, stages=stages)
+
+    def from_shards(self, workers: int = 1) -> Recipe:
+        """Every in-memory stream read from the shards `momo data shard --bundled` writes of its
+        paths instead (`training.data.sharding.shard_location`), decoded in `workers` processes."""
+        from training.data.sharding import shard_location
+
+        def switch(stream: StreamSpec) -> StreamSpec:
+            if stream.source == "shards":
+                return stream
+            if any(Path(p).is_absolute() for p in stream.paths):
+                raise ValueError(f"stream {stream.name!r}: absolute paths have no bundled shards; name them")
+            paths = [shard_location(p) for p in stream.paths]
+            return dataclasses.replace(stream, source="shards", paths=paths, workers=workers)
+
+        stages = [dataclasses.replace(s, streams=[switch(x) for x in s.streams]) for s in self.stages]
         return dataclasses.replace(self, stages=stages)
 
 

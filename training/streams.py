@@ -1,18 +1,25 @@
-"""In-memory datasets for the four stream kinds and a loader that resumes exactly.
+"""What a stream yields, whatever it reads from: samples, and the one function that batches them.
 
 Kinds: `image` (pixels), `text` (tokens), `pair` (pixels + caption tokens), `vqa` (pixels +
 question tokens + answer label), `image_class` / `text_class` (inputs + class label).
-Images are decoded once with `momo.preprocess` (the same code the service uses), kept as uint8 at
-model resolution, and normalised per batch. A `StreamLoader`'s position (epoch, cursor) is part of
-every checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+
+A stream *source* is a sequence of `Sample`s: `StreamData` here (every item decoded into RAM once,
+for the small recipes) or `training.shard_streams.ShardStream` (decoded on demand from WebDataset
+shards, in DataLoader workers). Both hand their samples to `Collate`, the one place a `Batch` is
+built, so a change to what a batch holds lands once. `training.stream_loader` orders, splits and
+resumes either source.
+
+Images are decoded with `momo.preprocess` (the same code the service uses), kept as uint8 at
+model resolution, and normalised per batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,6 +29,7 @@ from momo.config import MoMoConfig
 from momo.preprocess import load_image_file, resize_rgb_uint8
 from momo.tokenizer import MoMoTokenizer
 from training.data.formats import (
+    DataFormatError,
     read_image_folder,
     read_labeled_text,
     read_pairs,
@@ -31,6 +39,34 @@ from training.data.formats import (
 from training.losses.base import Batch
 
 STREAM_KINDS = ("image", "text", "pair", "vqa", "image_class", "text_class")
+
+Sample = dict[str, Any]
+"""One item of a stream, as every source yields it:
+
+    image:  (H, W, 3) uint8 at model resolution    (image, pair, vqa, image_class)
+    tokens: (L,) int64 ids, unpadded, L <= max_text_len   (text, pair, vqa, text_class)
+    label:  int                                     (vqa, image_class, text_class)
+
+Any other key is an optional per-item field (e.g. what a caption claims about its image); `Collate`
+carries it into `Batch.meta[key]` as a list of B values. A source returns None for an item it had
+to skip (a corrupt shard sample, with `on_error: skip`); `Collate` drops and counts those.
+"""
+BATCH_FIELDS = ("image", "tokens", "label")
+
+
+class StreamSource(Protocol):
+    """A sequence of samples; `shard_lengths` splits it into the shards the order shuffles."""
+
+    kind: str
+    label_names: list[str]
+    pad_id: int  # the tokenizer's padding id, for `Collate`
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Sample | None: ...
+
+    @property
+    def shard_lengths(self) -> list[int]: ...
 
 
 @dataclass
@@ -44,12 +80,28 @@ class StreamData:
     lengths: np.ndarray | None = None
     labels: np.ndarray | None = None
     label_names: list[str] = field(default_factory=list)
+    pad_id: int = 0
+    extras: dict[str, list[Any]] = field(default_factory=dict)  # optional per-item fields
 
     def __len__(self) -> int:
         for value in (self.image_index, self.tokens, self.labels):
             if value is not None:
                 return len(value)
         return 0
+
+    @property
+    def shard_lengths(self) -> list[int]:
+        return [len(self)]  # one "shard": the order is a plain permutation
+
+    def __getitem__(self, index: int) -> Sample:
+        sample: Sample = {key: values[index] for key, values in self.extras.items()}
+        if self.images is not None and self.image_index is not None:
+            sample["image"] = self.images[self.image_index[index]]
+        if self.tokens is not None and self.lengths is not None:
+            sample["tokens"] = self.tokens[index, : self.lengths[index]]
+        if self.labels is not None:
+            sample["label"] = int(self.labels[index])
+        return sample
 
 
 def _load_images(paths: Sequence[Path], config: MoMoConfig, desc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -120,13 +172,21 @@ def build_stream_data(
                 text_labels += [""] * len(lines)
         texts, text_labels = _limit(texts, limit), _limit(text_labels, limit)
         tokens, lengths = _tokenize(texts, tokenizer, config)
-        data = StreamData(kind, tokens=tokens, lengths=lengths)
+        data = StreamData(kind, tokens=tokens, lengths=lengths, pad_id=tokenizer.pad_id)
         return _with_labels(data, text_labels, label_names) if kind == "text_class" else data
     if kind == "pair":
         pairs = _limit([p for path in paths for p in read_pairs(path)], limit)
         images, index = _load_images([p.image for p in pairs], config, name)
         tokens, lengths = _tokenize([p.text for p in pairs], tokenizer, config)
-        return StreamData(kind, images=images, image_index=index, tokens=tokens, lengths=lengths)
+        return StreamData(
+            kind,
+            images=images,
+            image_index=index,
+            tokens=tokens,
+            lengths=lengths,
+            pad_id=tokenizer.pad_id,
+            extras=record_extras(pairs, ("image", "text")),
+        )
     vqa = _limit([q for path in paths for q in read_vqa(path)], limit)
     answers = label_names or sorted({q.answer for q in vqa})
     known = set(answers)
@@ -141,7 +201,18 @@ def build_stream_data(
         lengths=lengths,
         labels=_label_ids([q.answer for q in vqa], answers),
         label_names=list(answers),
+        pad_id=tokenizer.pad_id,
     )
+
+
+def record_extras(records: Sequence[Any], known: tuple[str, ...]) -> dict[str, list[Any]]:
+    """The optional per-item fields of reader records (dataclass fields beyond `known` that some
+    record sets), as one list per field."""
+    if not records:
+        return {}
+    names = [f.name for f in dataclasses.fields(records[0]) if f.name not in known]
+    columns = {name: [getattr(r, name) for r in records] for name in names}
+    return {name: values for name, values in columns.items() if any(v is not None for v in values)}
 
 
 def _limit(items: list[Any], limit: int | None) -> list[Any]:
@@ -171,55 +242,42 @@ def normalize_uint8(images: np.ndarray, config: MoMoConfig) -> torch.Tensor:
     return ((pixels - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 
+@dataclass(frozen=True)
+class Collate:
+    """Samples -> one `Batch`: the one place a batch is built, for every source (and fine-tuning).
+
+    pixels (B, 3, H, W) float32 normalised; input_ids / attention_mask (B, L) with L the longest item
+    (padded with `pad_id`); labels (B,); other sample keys -> `meta[key]` as B values; `meta["kind"]`
+    and `meta["skipped"]` (items a source returned as None). Picklable: it runs in DataLoader workers.
+    """
+
+    kind: str
+    config: MoMoConfig
+    pad_id: int = 0
+
+    def __call__(self, samples: Sequence[Sample | None]) -> Batch:
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            raise DataFormatError(f"every item of a {self.kind!r} batch of {len(samples)} was skipped")
+        batch = Batch(meta={"kind": self.kind, "skipped": len(samples) - len(kept)})
+        first = kept[0]
+        if "image" in first:
+            batch.pixels = normalize_uint8(np.stack([s["image"] for s in kept]), self.config)
+        if "tokens" in first:
+            lengths = np.asarray([len(s["tokens"]) for s in kept], dtype=np.int64)
+            ids = np.full((len(kept), max(1, int(lengths.max()))), self.pad_id, dtype=np.int64)
+            for row, sample in enumerate(kept):
+                ids[row, : lengths[row]] = sample["tokens"]
+            positions = torch.arange(ids.shape[1])[None, :]
+            batch.input_ids = torch.from_numpy(ids)
+            batch.attention_mask = (positions < torch.from_numpy(lengths)[:, None]).long()
+        if "label" in first:
+            batch.labels = torch.tensor([s["label"] for s in kept], dtype=torch.int64)
+        for key in first.keys() - set(BATCH_FIELDS):
+            batch.meta[key] = [s.get(key) for s in kept]
+        return batch
+
+
 def make_batch(data: StreamData, indices: np.ndarray, config: MoMoConfig) -> Batch:
-    batch = Batch(meta={"kind": data.kind})
-    if data.images is not None and data.image_index is not None:
-        batch.pixels = normalize_uint8(data.images[data.image_index[indices]], config)
-    if data.tokens is not None and data.lengths is not None:
-        length = max(1, int(data.lengths[indices].max()))  # pad to the longest item in the batch
-        ids = torch.from_numpy(data.tokens[indices, :length].copy())
-        positions = torch.arange(length)[None, :]
-        batch.input_ids = ids
-        batch.attention_mask = (positions < torch.from_numpy(data.lengths[indices])[:, None]).long()
-    if data.labels is not None:
-        batch.labels = torch.from_numpy(data.labels[indices].copy())
-    return batch
-
-
-class StreamLoader:
-    """Endless batches over one dataset: a fresh seeded permutation per epoch, last partial batch
-    dropped. Under data parallelism every rank walks the same permutation and takes its share of
-    each global batch (`indices[rank::world]`)."""
-
-    def __init__(
-        self, name: str, data: StreamData, batch_size: int, seed: int, rank: int = 0, world: int = 1
-    ):
-        if len(data) < batch_size:
-            raise ValueError(f"stream {name!r} has {len(data)} items, fewer than its batch size {batch_size}")
-        self.name, self.data, self.batch_size = name, data, batch_size
-        self.seed, self.rank, self.world = seed, rank, world
-        self.epoch, self.cursor = 0, 0
-        self._perm_epoch = -1
-        self._perm = np.empty(0, dtype=np.int64)
-
-    def _permutation(self) -> np.ndarray:
-        if self._perm_epoch != self.epoch:
-            self._perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))
-            self._perm_epoch = self.epoch
-        return self._perm
-
-    def next_indices(self) -> np.ndarray:
-        if self.cursor + self.batch_size > len(self.data):
-            self.epoch, self.cursor = self.epoch + 1, 0
-        indices = self._permutation()[self.cursor : self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return indices[self.rank :: self.world]
-
-    def next_batch(self, config: MoMoConfig) -> Batch:
-        return make_batch(self.data, self.next_indices(), config)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+    """The batch of `data`'s items at `indices` (through `Collate`, like every stream)."""
+    return Collate(data.kind, config, data.pad_id)([data[int(i)] for i in indices])

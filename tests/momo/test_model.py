@@ -96,3 +96,20 @@ def test_model_heads(test_config: MoMoConfig) -> None:
     assert model.head_logits("vqa", pixels, ids, mask).shape == (3, 3)
     assert model.head_logits("topic", input_ids=ids, attention_mask=mask).shape == (3, 2)
     assert model.head_logits("kind", pixels=pixels).shape == (3, 4)
+
+
+def test_grad_checkpointing_gives_the_same_gradients(test_config: MoMoConfig) -> None:
+    config = test_config
+    pixels, ids, mask = _inputs(config)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        encoder = MoMoEncoder(config)
+        encoder.set_grad_checkpointing(checkpointing)
+        assert encoder.encoder.grad_checkpointing is checkpointing
+        fused = encoder.encode_pair(pixels, ids, mask)
+        (fused.square().mean() + encoder.encode_image(pixels).mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-6), name

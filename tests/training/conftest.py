@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,15 @@ def micro_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root / "tokenizer.json"
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def micro_shards(micro_data: Path) -> Path:
+    """The micro data's bundled sources also as shards (`momo data shard --bundled`), 60 per shard."""
+    from training.data.sharding import shard_bundled
+
+    shard_bundled(micro_data, shard_size=60, progress=False)
+    return micro_data
 
 
 def micro_recipe_dict(data_dir: Path, steps: int = 3) -> dict:
@@ -125,3 +137,13 @@ def micro_recipe_dict(data_dir: Path, steps: int = 3) -> dict:
 @pytest.fixture()
 def micro_recipe(micro_data: Path) -> Recipe:
     return recipe_from_dict(micro_recipe_dict(micro_data))
+
+
+def torchrun_two(script: str, args: list[str], tmp_path: Path) -> None:
+    """Run `script` (Python source) in 2 real processes under torchrun (gloo, 1 thread each)."""
+    (tmp_path / "torchrun_script.py").write_text(script)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [str(tmp_path / "torchrun_script.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path.cwd())
+    assert proc.returncode == 0, proc.stderr[-3000:]

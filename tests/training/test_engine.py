@@ -2,9 +2,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +10,11 @@ import torch
 from momo.artifact import load_artifact
 from momo.store import ModelStore
 from momo.tokenizer import MoMoTokenizer
-from tests.training.conftest import micro_recipe_dict
+from tests.training.conftest import micro_recipe_dict, torchrun_two
 from training import engine
+from training.distributed import DistInfo, Replicated
 from training.pretrain import run_pretraining
 from training.recipe import Recipe, recipe_from_dict
-from training.streams import StreamLoader
 
 
 def _stage_setup(recipe: Recipe, stage_index: int, lr: float | None = None):
@@ -34,28 +31,32 @@ def _stage_setup(recipe: Recipe, stage_index: int, lr: float | None = None):
     return config, tokenizer, stage, data, module
 
 
-def _loaders(stage, data):
+def _loaders(stage, data, config):
     return {
-        s.name: StreamLoader(s.name, data[s.name], s.batch_size, seed=i) for i, s in enumerate(stage.streams)
+        s.name: engine.build_loader(s, data[s.name], config, i, DistInfo())
+        for i, s in enumerate(stage.streams)
     }
+
+
+def _step(module, optimizer, scheduler, stage, loaders, step, global_step=0):
+    model = Replicated(module, DistInfo(), torch.device("cpu"))
+    state = engine.StepState(global_step=global_step, seed=0)
+    return engine.train_step(model, optimizer, scheduler, stage, loaders, step, state, torch.device("cpu"))
 
 
 def test_simultaneous_step_equals_sum_of_per_stream_gradients(micro_recipe: Recipe) -> None:
     config, _tok, stage, data, module = _stage_setup(micro_recipe, 2, lr=0.0)  # text + pairs
     optimizer = engine.build_optimizer(module, stage)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, engine.warmup_cosine(stage))
-    state = engine.StepState(global_step=7, seed=0)
-    engine.train_step(
-        module, optimizer, scheduler, stage, _loaders(stage, data), config, 0, state, torch.device("cpu")
-    )
+    _step(module, optimizer, scheduler, stage, _loaders(stage, data, config), 0, global_step=7)
     combined = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
     # The same batches and randomness, one stream at a time, gradients summed by hand.
     expected: dict[str, torch.Tensor] = {}
-    loaders = _loaders(stage, data)
+    loaders = _loaders(stage, data, config)
     for index, spec in enumerate(stage.streams):
         module.zero_grad(set_to_none=True)
-        batch = loaders[spec.name].next_batch(config)
+        [(_micro, batch)] = loaders[spec.name].next_step()
         generator = engine.step_generator(0, 0, 7, index)
         losses: dict[str, torch.Tensor] = {}
         context: dict = {}
@@ -80,12 +81,10 @@ def test_alternating_mode_touches_one_stream_per_step(micro_recipe: Recipe) -> N
     assert [s.name for _, s in engine.active_streams(stage, 1)] == ["text"]
     simultaneous = dataclasses.replace(stage, mode="simultaneous")
     assert [s.name for _, s in engine.active_streams(simultaneous, 5)] == ["scenes", "text"]
-    loaders = _loaders(stage, data)
+    loaders = _loaders(stage, data, config)
     optimizer = engine.build_optimizer(module, stage)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, engine.warmup_cosine(stage))
-    logs = engine.train_step(
-        module, optimizer, scheduler, stage, loaders, config, 0, engine.StepState(0, 0), torch.device("cpu")
-    )
+    logs = _step(module, optimizer, scheduler, stage, loaders, 0)
     assert "scenes/mim" in logs and "text/mlm" not in logs
     assert loaders["scenes"].cursor == 8 and loaders["text"].cursor == 0
     # The text stream's objective got no gradient on the image step.
@@ -117,22 +116,15 @@ def test_non_finite_loss_stops_with_clear_message(micro_recipe: Recipe) -> None:
     optimizer = engine.build_optimizer(module, stage)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, engine.warmup_cosine(stage))
     with pytest.raises(engine.NonFiniteLossError, match=r"stage 'images' step 0 .*loss 'mim'.*--resume"):
-        engine.train_step(
-            module,
-            optimizer,
-            scheduler,
-            stage,
-            _loaders(stage, data),
-            config,
-            0,
-            engine.StepState(0, 0),
-            torch.device("cpu"),
-        )
+        _step(module, optimizer, scheduler, stage, _loaders(stage, data, config), 0)
 
 
-def test_resumed_run_equals_uninterrupted(micro_data: Path, tmp_path: Path) -> None:
-    recipe = recipe_from_dict(micro_recipe_dict(micro_data, steps=3))
+@pytest.mark.parametrize("source", ["memory", "shards"])
+def test_resumed_run_equals_uninterrupted(micro_shards: Path, tmp_path: Path, source: str) -> None:
+    recipe = recipe_from_dict(micro_recipe_dict(micro_shards, steps=3))
     recipe = dataclasses.replace(recipe, stages=recipe.stages[1:3])  # images+text, then text+pairs
+    if source == "shards":
+        recipe = recipe.from_shards(workers=1)
     full = run_pretraining(recipe, tmp_path / "full", progress=False)
     interrupted = run_pretraining(recipe, tmp_path / "resumed", progress=False, stop_after=4)
     assert interrupted.stopped_early
@@ -188,23 +180,22 @@ def test_two_process_data_parallel_run(micro_data: Path, tmp_path: Path) -> None
     recipe = micro_recipe_dict(micro_data, steps=2)
     recipe["stages"] = recipe["stages"][1:3]
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
-    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(tmp_path / "ddp.py"),
-        str(tmp_path / "recipe.json"),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path.cwd())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two(DDP_SCRIPT, [str(tmp_path / "recipe.json"), str(out)], tmp_path)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2
-    # All-reduced gradients keep the replicas identical.
+    # DDP keeps the replicas identical.
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=0, abs=1e-9)
     assert (out / "checkpoints/last.pt").exists()
+
+
+def test_bf16_autocast_where_measured_faster() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.use_bf16("auto", "momo-base", cuda, ["mim"])
+    # On CPU: MIM measured slower in bf16 (fp32), the pair objectives faster (bf16), per preset.
+    assert not engine.use_bf16("auto", "momo-tiny", cpu, ["mim"])
+    assert engine.use_bf16("auto", "momo-tiny", cpu, ["itc", "itm", "mmm"])
+    assert engine.use_bf16("auto", "momo-base", cpu, ["mim"])  # larger matmuls: faster in bf16
+    assert not engine.use_bf16("auto", "momo-test", cpu, ["mlm"])  # not measured: fp32
+    assert engine.use_bf16("bf16", "momo-tiny", cpu, ["mim"])
+    assert not engine.use_bf16("fp32", "momo-base", cuda, ["itc"])

@@ -1,7 +1,8 @@
 """Training data: readers/writers for the standard formats, the shapes-world generator, the bundled
 sources and `prepare_all`, which writes them all under the data folder (DESIGN.md §4).
 
-The format readers are imported eagerly (standard library only); the preparation API is loaded on first
+The format readers are imported eagerly (standard library only; the shard readers import `webdataset`
+and `wids` on first use); the preparation API is loaded on first
 use, so importing this package (e.g. for the CLI) does not pull in numpy and Pillow.
 """
 
@@ -15,19 +16,16 @@ from training.data.formats import (
     LabeledTextRecord,
     PairRecord,
     VQARecord,
-    WebDatasetRecord,
-    expand_shards,
     image_folder_labels,
     iter_jsonl,
-    iter_webdataset,
     read_image_folder,
     read_labeled_text,
     read_pairs,
     read_text_lines,
     read_vqa,
     write_jsonl,
-    write_webdataset,
 )
+from training.data.shards import WebDatasetRecord, expand_shards, iter_webdataset, write_webdataset
 
 if TYPE_CHECKING:
     from training.data.prepare import DEFAULT_DATA_DIR, prepare_all, prepare_command, source_paths

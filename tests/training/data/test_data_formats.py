@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,13 @@ from PIL import Image
 from training.data.formats import (
     DataFormatError,
     ImageRecord,
-    WebDatasetRecord,
-    expand_shards,
     image_folder_labels,
-    iter_webdataset,
     read_image_folder,
     read_labeled_text,
     read_pairs,
     read_text_lines,
     read_vqa,
     write_jsonl,
-    write_webdataset,
 )
 
 
@@ -167,68 +162,3 @@ def test_write_jsonl_keeps_unicode(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "x.jsonl"
     assert write_jsonl(path, [{"text": "café 😀", "label": "a"}]) == 1
     assert "café 😀" in path.read_text(encoding="utf-8")
-
-
-# ------------------------------------------------------------------------------------ WebDataset
-
-
-def test_webdataset_round_trip(tmp_path: Path) -> None:
-    records = [
-        WebDatasetRecord(
-            key=f"{i:06d}",
-            image=_png_bytes((i * 20, 0, 0)),
-            image_ext="png",
-            text=f"caption {i}" if i % 2 == 0 else None,
-            label=i % 3 if i % 3 else None,
-            meta={"i": i} if i == 4 else None,
-        )
-        for i in range(7)
-    ]
-    shards = write_webdataset(records, tmp_path / "shards", shard_size=3)
-    assert [p.name for p in shards] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
-    assert list(iter_webdataset(shards)) == records
-    # glob and brace patterns find the same shards
-    assert list(iter_webdataset(str(tmp_path / "shards" / "*.tar"))) == records
-    assert expand_shards(str(tmp_path / "shards" / "shard-{000000..000002}.tar")) == shards
-    # deterministic bytes: writing again gives identical shards
-    again = write_webdataset(records, tmp_path / "again", shard_size=3)
-    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in shards]
-    decoded = Image.open(io.BytesIO(next(iter_webdataset(shards[:1])).image))
-    assert decoded.size == (4, 4)
-
-
-def test_webdataset_reads_foreign_shard_and_rejects_bad_samples(tmp_path: Path) -> None:
-    shard = tmp_path / "s.tar"
-    with tarfile.open(shard, "w") as tar:
-        for name, data in [
-            ("dir/000001.jpg", b"JPEGDATA"),
-            ("dir/000001.cls", b" 7\n"),
-            ("dir/000001.txt", b"hello"),
-            ("dir/000002.txt", b"text only"),
-        ]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    samples = iter_webdataset(shard)
-    first = next(samples)
-    assert (first.key, first.image, first.image_ext, first.label, first.text) == (
-        "000001",
-        b"JPEGDATA",
-        "jpg",
-        7,
-        "hello",
-    )
-    with pytest.raises(DataFormatError, match=r"s\.tar: sample 'dir/000002': no image member"):
-        next(samples)
-    broken = tmp_path / "broken.tar"
-    broken.write_bytes(b"not a tar file at all" * 40)
-    with pytest.raises(DataFormatError, match="not a readable tar file"):
-        list(iter_webdataset(broken))
-
-
-def test_webdataset_writer_validates_keys(tmp_path: Path) -> None:
-    img = _png_bytes((0, 0, 0))
-    with pytest.raises(ValueError, match="invalid WebDataset key"):
-        write_webdataset([WebDatasetRecord("a.b", img)], tmp_path)
-    with pytest.raises(ValueError, match="duplicate"):
-        write_webdataset([WebDatasetRecord("a", img), WebDatasetRecord("a", img)], tmp_path)
