@@ -8,7 +8,8 @@ PIP := $(PY) -m pip
 # CPU build from this machine's disk; GPU images install their own torch.
 TORCH_SPEC ?= torch==2.13.0
 # chromium (+ its driver, for Selenium users): the playground's browser tests drive Debian's build headless
-APT_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji wordnet-base fortunes fortunes-min redis-server \
+APT_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji wordnet-base fortunes fortunes-min fortunes-bofh-excuses \
+	fortunes-debian-hints dict-gcide openclipart-png redis-server \
 	chromium chromium-driver
 STAMP := $(VENV)/.installed
 

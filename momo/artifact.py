@@ -91,14 +91,23 @@ class HeadsFile:
 
     heads: dict[str, HeadSpec] = field(default_factory=dict)
     temperature: float = 0.07
+    token_head: bool = False  # the MLM head is in the weights (momo-tiny:v2 on)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"heads": {k: v.to_dict() for k, v in self.heads.items()}, "temperature": self.temperature}
+        return {
+            "heads": {k: v.to_dict() for k, v in self.heads.items()},
+            "temperature": self.temperature,
+            "token_head": self.token_head,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadsFile:
         heads = {k: HeadSpec.from_dict(v) for k, v in data.get("heads", {}).items()}
-        return cls(heads=heads, temperature=float(data.get("temperature", 0.07)))
+        return cls(
+            heads=heads,
+            temperature=float(data.get("temperature", 0.07)),
+            token_head=bool(data.get("token_head", False)),
+        )
 
 
 def _read_json(path: Path) -> Any:
@@ -161,7 +170,12 @@ class Artifact:
 
         from momo.model import MoMoModel
 
-        model = MoMoModel(self.config, head_specs=self.heads.heads, temperature=self.heads.temperature)
+        model = MoMoModel(
+            self.config,
+            head_specs=self.heads.heads,
+            temperature=self.heads.temperature,
+            with_token_head=self.heads.token_head,
+        )
         state = load_file(str(self.path / WEIGHTS_FILE), device=device)
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -203,7 +217,7 @@ def save_artifact(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     tokenizer.save(directory / TOKENIZER_FILE)
-    heads = HeadsFile(dict(model.head_specs), float(model.temperature))
+    heads = HeadsFile(dict(model.head_specs), float(model.temperature), model.token_head is not None)
     write_json_atomic(directory / HEADS_FILE, heads.to_dict())
     return seal(directory, manifest)
 

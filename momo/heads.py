@@ -1,4 +1,5 @@
-"""Heads that are kept in an artifact and served: ITM, answer/label classifiers.
+"""Heads that are kept in an artifact: ITM, answer/label classifiers (served) and the MLM token head
+(kept so that `momo eval` can measure the held-out MLM loss of the exact artifact).
 
 Training losses own their heads (e.g. `training.losses.itm.ITMLoss` holds an `ITMHead`); the
 artifact keeps the ones the service needs, with their label vocabularies in `heads.json`.
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 HeadInput = Literal["image", "text", "pair"]
@@ -54,3 +56,15 @@ def build_head(width: int, spec: HeadSpec) -> ClassifierHead:
 
 
 ITM_SPEC = HeadSpec(input="pair", labels=["no_match", "match"], task="itm")
+
+
+class TokenHead(nn.Module):
+    """hidden (…, D) -> vocabulary logits (…, V), output weights tied to the token embedding."""
+
+    def __init__(self, width: int, vocab_size: int):
+        super().__init__()
+        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=1e-6))
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(hidden), token_embedding, self.bias)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from momo.config import MoMoConfig
-from momo.heads import ClassifierHead, HeadSpec, build_head
+from momo.heads import ClassifierHead, HeadSpec, TokenHead, build_head
 from momo.layers import Block, Tower
 
 IMAGE_MODALITY = 0
@@ -218,7 +218,8 @@ class MoMoModel(nn.Module):
     `heads` maps a head name (e.g. "itm", "vqa", "fashion") to a classifier over the CLS of its
     input kind; `head_specs` carries each head's input kind and label vocabulary (`heads.json`).
     `temperature` is the contrastive softmax temperature learned in pretraining, kept so that
-    zero-shot classification can turn similarities into calibrated probabilities.
+    zero-shot classification can turn similarities into calibrated probabilities. `token_head` (the
+    pretraining MLM head, optional) lets an evaluation measure the artifact's held-out MLM loss.
     """
 
     def __init__(
@@ -227,6 +228,7 @@ class MoMoModel(nn.Module):
         encoder: MoMoEncoder | None = None,
         head_specs: dict[str, HeadSpec] | None = None,
         temperature: float = 0.07,
+        with_token_head: bool = False,
     ):
         super().__init__()
         self.config = config
@@ -236,6 +238,13 @@ class MoMoModel(nn.Module):
             {name: build_head(config.width, spec) for name, spec in self.head_specs.items()}
         )
         self.temperature = temperature
+        self.token_head = TokenHead(config.width, config.vocab_size) if with_token_head else None
+
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Text hidden states (…, D) -> vocabulary logits (…, V) through the MLM head."""
+        if self.token_head is None:
+            raise ValueError("this model has no token head (artifacts before momo-tiny:v2 do not keep it)")
+        return self.token_head(hidden, self.encoder.text_embed.token.weight)
 
     def add_head(self, name: str, spec: HeadSpec, head: ClassifierHead | None = None) -> ClassifierHead:
         head = head if head is not None else build_head(self.config.width, spec)

@@ -39,7 +39,7 @@ from training.recipe import Precision, StageSpec, StreamSpec
 from training.stream_loader import StreamLoader
 from training.streams import Collate, StreamSource, build_stream_data
 
-KEPT_HEADS = ("itm", "vqa")  # objectives whose heads go into the artifact
+KEPT_HEADS = ("itm", "vqa", "mlm")  # objectives whose heads go into the artifact
 
 
 class NonFiniteLossError(RuntimeError):

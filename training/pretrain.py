@@ -326,17 +326,23 @@ def run_pretraining(
         plot_losses(rows, out_dir / "loss_curves.png")
     assert module is not None, "the recipe has no stages"
 
-    # The artifact: encoder + kept heads (ITM, VQA) + the contrastive temperature.
+    # The artifact: encoder + kept heads (ITM, VQA, the MLM token head) + the contrastive temperature.
     heads: dict[str, HeadSpec] = {}
     if "itm" in kept:
         heads["itm"] = ITM_SPEC
     if "vqa" in kept and kept["vqa"]["spec"]:
         heads["vqa"] = HeadSpec.from_dict(kept["vqa"]["spec"])
     model = MoMoModel(
-        config, encoder=module.encoder.cpu(), head_specs=heads, temperature=kept.get("temperature", 0.07)
+        config,
+        encoder=module.encoder.cpu(),
+        head_specs=heads,
+        temperature=kept.get("temperature", 0.07),
+        with_token_head="mlm" in kept,
     )
     for name in heads:
         model.heads[name].load_state_dict(kept[name]["state"])
+    if model.token_head is not None:
+        model.token_head.load_state_dict(kept["mlm"]["state"])
     model.eval()
     result.model = model
     if register_name and dist_info.is_main:

@@ -1,7 +1,8 @@
 """What a stream yields, whatever it reads from: samples, and the one function that batches them.
 
 Kinds: `image` (pixels), `text` (tokens), `pair` (pixels + caption tokens), `vqa` (pixels +
-question tokens + answer label), `image_class` / `text_class` (inputs + class label).
+question tokens + answer label), `image_class` / `text_class` (inputs + class label), `text_pair`
+(two texts that mean the same: a headword and its definition).
 
 A stream *source* is a sequence of `Sample`s: `StreamData` here (every item decoded into RAM once,
 for the small recipes) or `training.shard_streams.ShardStream` (decoded on demand from WebDataset
@@ -34,24 +35,26 @@ from training.data.formats import (
     read_labeled_text,
     read_pairs,
     read_text_lines,
+    read_text_pairs,
     read_vqa,
 )
 from training.losses.base import Batch
 
-STREAM_KINDS = ("image", "text", "pair", "vqa", "image_class", "text_class")
+STREAM_KINDS = ("image", "text", "pair", "vqa", "image_class", "text_class", "text_pair")
 
 Sample = dict[str, Any]
 """One item of a stream, as every source yields it:
 
     image:  (H, W, 3) uint8 at model resolution    (image, pair, vqa, image_class)
-    tokens: (L,) int64 ids, unpadded, L <= max_text_len   (text, pair, vqa, text_class)
+    tokens: (L,) int64 ids, unpadded, L <= max_text_len   (text, pair, vqa, text_class, text_pair)
     label:  int                                     (vqa, image_class, text_class)
+    query_tokens: (Q,) int64 ids, unpadded           (text_pair: the text `tokens` means the same as)
 
 Any other key is an optional per-item field (e.g. what a caption claims about its image); `Collate`
 carries it into `Batch.meta[key]` as a list of B values. A source returns None for an item it had
 to skip (a corrupt shard sample, with `on_error: skip`); `Collate` drops and counts those.
 """
-BATCH_FIELDS = ("image", "tokens", "label")
+BATCH_FIELDS = ("image", "tokens", "label", "query_tokens")
 
 
 class StreamSource(Protocol):
@@ -138,7 +141,7 @@ def build_stream_data(
 
     image: image folders or pair JSONL files (images only); text: text files or labelled-text JSONL;
     pair: pair JSONL; vqa: VQA JSONL (answers -> `label_names`, fixed when given);
-    image_class: image folders; text_class: labelled-text JSONL.
+    image_class: image folders; text_class: labelled-text JSONL; text_pair: text-pair JSONL.
     """
     if kind not in STREAM_KINDS:
         raise ValueError(f"unknown stream kind {kind!r}; known: {STREAM_KINDS}")
@@ -174,6 +177,14 @@ def build_stream_data(
         tokens, lengths = _tokenize(texts, tokenizer, config)
         data = StreamData(kind, tokens=tokens, lengths=lengths, pad_id=tokenizer.pad_id)
         return _with_labels(data, text_labels, label_names) if kind == "text_class" else data
+    if kind == "text_pair":
+        text_pairs = _limit([p for path in paths for p in read_text_pairs(path)], limit)
+        tokens, lengths = _tokenize([p.text for p in text_pairs], tokenizer, config)
+        query_tokens, query_lengths = _tokenize([p.query for p in text_pairs], tokenizer, config)
+        queries = [query_tokens[i, : query_lengths[i]] for i in range(len(text_pairs))]
+        return StreamData(
+            kind, tokens=tokens, lengths=lengths, pad_id=tokenizer.pad_id, extras={"query_tokens": queries}
+        )
     if kind == "pair":
         pairs = _limit([p for path in paths for p in read_pairs(path)], limit)
         images, index = _load_images([p.image for p in pairs], config, name)
@@ -248,7 +259,9 @@ class Collate:
 
     pixels (B, 3, H, W) float32 normalised; input_ids / attention_mask (B, L) with L the longest item
     (padded with `pad_id`); labels (B,); other sample keys -> `meta[key]` as B values; `meta["kind"]`
-    and `meta["skipped"]` (items a source returned as None). Picklable: it runs in DataLoader workers.
+    and `meta["skipped"]` (items a source returned as None). A `text_pair` batch holds 2B texts: rows
+    0..B-1 the queries, rows B..2B-1 their texts, and `meta["pair_size"]` = B. Picklable: it runs in
+    DataLoader workers.
     """
 
     kind: str
@@ -264,10 +277,14 @@ class Collate:
         if "image" in first:
             batch.pixels = normalize_uint8(np.stack([s["image"] for s in kept]), self.config)
         if "tokens" in first:
-            lengths = np.asarray([len(s["tokens"]) for s in kept], dtype=np.int64)
-            ids = np.full((len(kept), max(1, int(lengths.max()))), self.pad_id, dtype=np.int64)
-            for row, sample in enumerate(kept):
-                ids[row, : lengths[row]] = sample["tokens"]
+            sequences = [s["tokens"] for s in kept]
+            if "query_tokens" in first:
+                sequences = [s["query_tokens"] for s in kept] + sequences
+                batch.meta["pair_size"] = len(kept)
+            lengths = np.asarray([len(t) for t in sequences], dtype=np.int64)
+            ids = np.full((len(sequences), max(1, int(lengths.max()))), self.pad_id, dtype=np.int64)
+            for row, tokens in enumerate(sequences):
+                ids[row, : lengths[row]] = tokens
             positions = torch.arange(ids.shape[1])[None, :]
             batch.input_ids = torch.from_numpy(ids)
             batch.attention_mask = (positions < torch.from_numpy(lengths)[:, None]).long()

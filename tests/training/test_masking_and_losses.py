@@ -77,8 +77,8 @@ def test_hard_negatives_never_positive_and_prefer_similar() -> None:
     sim.fill_diagonal_(1.0)
     counts = torch.zeros(4)
     for _ in range(200):
-        neg = sample_hard_negatives(sim, g)
-        assert (neg != torch.arange(4)).all()
+        neg, has = sample_hard_negatives(sim, g)
+        assert has.all() and (neg != torch.arange(4)).all()
         counts[neg[0]] += 1
     assert counts[2] > 190
 

@@ -51,8 +51,16 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class PairRecord:
+    """An image and its caption, with what decides whether another caption is false of the image:
+    a class (``"label"`` in the JSONL; two captions of different classes are false of each other's
+    images) or, for the shapes world, the scene's ``objects`` and the caption's ``claim``
+    (:func:`training.data.shapes.caption_true_of`)."""
+
     image: Path
     text: str
+    category: str | None = None
+    objects: list[dict[str, Any]] | None = None
+    claim: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,15 @@ class VQARecord:
 class LabeledTextRecord:
     text: str
     label: str
+
+
+@dataclass(frozen=True)
+class TextPairRecord:
+    """Two texts that mean the same: a short ``query`` (a dictionary headword) and a ``text`` (its
+    definition)."""
+
+    query: str
+    text: str
 
 
 # --------------------------------------------------------------------------------------- image folder
@@ -154,10 +171,25 @@ def _resolve_image(path: Path, lineno: int, obj: dict[str, Any], check_images: b
 def read_pairs(path: str | Path, *, check_images: bool = True) -> list[PairRecord]:
     """Image–text pairs from a JSONL of ``{"image", "text"}`` objects."""
     path = Path(path)
-    return [
-        PairRecord(image=_resolve_image(path, n, obj, check_images), text=_require_str(path, n, obj, "text"))
-        for n, obj in iter_jsonl(path)
-    ]
+    records: list[PairRecord] = []
+    for n, obj in iter_jsonl(path):
+        label, objects, claim = obj.get("label"), obj.get("objects"), obj.get("claim")
+        if label is not None and not isinstance(label, str):
+            raise DataFormatError(f"{path}:{n}: 'label' must be a string, got {type(label).__name__}")
+        if objects is not None and not isinstance(objects, list):
+            raise DataFormatError(f"{path}:{n}: 'objects' must be a list, got {type(objects).__name__}")
+        if claim is not None and not isinstance(claim, dict):
+            raise DataFormatError(f"{path}:{n}: 'claim' must be an object, got {type(claim).__name__}")
+        records.append(
+            PairRecord(
+                image=_resolve_image(path, n, obj, check_images),
+                text=_require_str(path, n, obj, "text"),
+                category=label,
+                objects=objects,
+                claim=claim,
+            )
+        )
+    return records
 
 
 def read_vqa(path: str | Path, *, check_images: bool = True) -> list[VQARecord]:
@@ -201,6 +233,15 @@ def read_labeled_text(path: str | Path) -> list[LabeledTextRecord]:
             raise DataFormatError(f"{path}:{n}: 'label' is empty")
         records.append(LabeledTextRecord(text=text, label=str(label)))
     return records
+
+
+def read_text_pairs(path: str | Path) -> list[TextPairRecord]:
+    """Text pairs from a JSONL of ``{"query", "text"}`` objects."""
+    path = Path(path)
+    return [
+        TextPairRecord(query=_require_str(path, n, obj, "query"), text=_require_str(path, n, obj, "text"))
+        for n, obj in iter_jsonl(path)
+    ]
 
 
 def read_text_lines(path: str | Path) -> list[str]:

@@ -20,23 +20,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.data import sources
+from training.data import clipart, gcide, sources
 from training.data.formats import iter_jsonl
 
 DEFAULT_DATA_DIR = Path(os.environ.get("MOMO_DATA_DIR", "data"))
 # bump when the written files change meaning, so existing _SUCCESS markers stop matching
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # v2: GCIDE, clip art, ITM truth fields in pairs, a test split of the corpus
 SUCCESS = "_SUCCESS"
 
-SOURCES: tuple[str, ...] = ("fashion_mnist", "shapes", "emoji", "wordnet", "fortunes", "text")
+SOURCES: tuple[str, ...] = (
+    "fashion_mnist",
+    "shapes",
+    "emoji",
+    "wordnet",
+    "fortunes",
+    "gcide",
+    "clipart",
+    "text",
+)
+IMAGE_SOURCES = frozenset({"fashion_mnist", "shapes", "emoji", "clipart"})
+TEXT_SPLITS = ("train", "val", "test")
 SPLITS = sources.SPLITS
 
-# source -> (Debian package, a file the source reads; present when the package is usable)
-DEBIAN_PACKAGES: dict[str, tuple[str, Path]] = {
-    "fashion_mnist": ("dataset-fashion-mnist", sources.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"),
-    "emoji": ("fonts-noto-color-emoji", sources.EMOJI_FONT),
-    "wordnet": ("wordnet-base", sources.WORDNET_DIR / "data.noun"),
-    "fortunes": ("fortunes", sources.FORTUNES_DIR / "fortunes"),
+# source -> [(Debian package, a file it installs that the source reads; present when usable)]
+DEBIAN_PACKAGES: dict[str, list[tuple[str, Path]]] = {
+    "fashion_mnist": [("dataset-fashion-mnist", sources.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")],
+    "emoji": [("fonts-noto-color-emoji", sources.EMOJI_FONT)],
+    "wordnet": [("wordnet-base", sources.WORDNET_DIR / "data.noun")],
+    "fortunes": [
+        ("fortunes", sources.FORTUNES_DIR / "fortunes"),
+        ("fortunes-bofh-excuses", sources.FORTUNES_DIR / "bofh-excuses"),
+        ("fortunes-debian-hints", sources.FORTUNES_DIR / "debian-hints"),
+    ],
+    "gcide": [("dict-gcide", gcide.GCIDE_DIR / "gcide.dict.dz")],
+    "clipart": [("openclipart-png", clipart.CLIPART_DIR / "animals")],
 }
 
 _MICRO = {"train": 200, "val": 50, "test": 50}
@@ -48,8 +65,12 @@ SCALES: dict[str, dict[str, dict[str, int | None]]] = {
         "emoji": {"train": None, "val": None, "test": None},
         "wordnet": {"train": None, "val": None, "test": None},
         "fortunes": {"train": None, "val": None, "test": None},
+        "gcide": {"train": None, "val": None, "test": None},
+        "clipart": {"train": None, "val": None, "test": None},
     },
-    "micro": {s: dict(_MICRO) for s in ("fashion_mnist", "shapes", "emoji", "wordnet", "fortunes")},
+    "micro": {
+        s: dict(_MICRO) for s in ("fashion_mnist", "shapes", "emoji", "wordnet", "fortunes", "gcide", "clipart")
+    },
 }
 
 
@@ -64,7 +85,7 @@ def source_paths(data_dir: str | Path = DEFAULT_DATA_DIR) -> dict[str, dict[str,
     """``{source: {split: {kind: path}}}`` for every file trainers and evaluators read.
 
     Kinds: ``image_folder`` (folder of class sub-folders), ``pairs`` / ``vqa`` / ``scenes`` (JSONL),
-    ``labeled_text`` (JSONL), ``text`` (one document per line), ``images`` (a folder of images) and
+    ``labeled_text`` / ``text_pairs`` (JSONL), ``text`` (one document per line), ``images`` (a folder of images) and
     ``classes`` / ``answers`` / ``labels`` (JSON label vocabularies, repeated in every split for
     convenience). The paths exist once :func:`prepare_all` has run.
     """
@@ -93,14 +114,23 @@ def source_paths(data_dir: str | Path = DEFAULT_DATA_DIR) -> dict[str, dict[str,
         "emoji": {s: {"images": em / s / "images", "pairs": em / s / "pairs.jsonl"} for s in SPLITS},
         "wordnet": {s: {"labeled_text": wn / f"{s}.jsonl", "labels": wn / "labels.json"} for s in SPLITS},
         "fortunes": {s: {"labeled_text": fo / f"{s}.jsonl", "labels": fo / "labels.json"} for s in SPLITS},
-        "text": {s: {"text": text / f"{s}.txt"} for s in ("train", "val")},
+        "gcide": {s: {"text_pairs": root / "gcide" / f"{s}.jsonl"} for s in SPLITS},
+        "clipart": {
+            s: {
+                "image_folder": root / "clipart" / s / "images",
+                "pairs": root / "clipart" / s / "pairs.jsonl",
+                "classes": root / "clipart" / "classes.json",
+            }
+            for s in SPLITS
+        },
+        "text": {s: {"text": text / f"{s}.txt"} for s in TEXT_SPLITS},
     }
 
 
 def split_location(data_dir: str | Path, source: str, split: str) -> Path:
     """The folder (image sources) or file (text sources) holding one split of a source."""
     root = Path(data_dir) / source
-    if source in {"fashion_mnist", "shapes", "emoji"}:
+    if source in IMAGE_SOURCES:
         return root / split
     return root / (f"{split}.txt" if source == "text" else f"{split}.jsonl")
 
@@ -123,13 +153,10 @@ def ensure_packages(wanted: list[str], *, install_missing: bool = True) -> None:
     dpkg); otherwise its package is installed when ``install_missing`` (through sudo when not root).
     Raises :class:`PrepareError` naming the packages that are still missing.
     """
-    needed = [src for src in wanted if src in DEBIAN_PACKAGES]
-    missing = [
-        DEBIAN_PACKAGES[src][0]
-        for src in needed
-        if not DEBIAN_PACKAGES[src][1].exists() or dpkg_installed(DEBIAN_PACKAGES[src][0]) is False
-    ]
-    missing = list(dict.fromkeys(missing))
+    needed = [pkg for src in wanted for pkg in DEBIAN_PACKAGES.get(src, [])]
+    missing = list(
+        dict.fromkeys(name for name, path in needed if not path.exists() or dpkg_installed(name) is False)
+    )
     if not missing:
         return
     if install_missing and shutil.which("apt-get"):
@@ -138,7 +165,7 @@ def ensure_packages(wanted: list[str], *, install_missing: bool = True) -> None:
         print(f"installing Debian packages: {' '.join(missing)}", file=sys.stderr)
         subprocess.run([*sudo, "apt-get", "update", "-qq"], env=env, check=False)
         subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", *missing], env=env, check=False)
-    still = [DEBIAN_PACKAGES[src][0] for src in needed if not DEBIAN_PACKAGES[src][1].exists()]
+    still = list(dict.fromkeys(name for name, path in needed if not path.exists()))
     if still:
         raise PrepareError(
             f"missing data packages: {' '.join(still)}; install them with "
@@ -211,8 +238,10 @@ def _jsonl_texts(path: Path, *keys: str) -> Iterator[str]:
 
 
 def _corpus_parts(data_dir: Path) -> dict[str, Callable[[str], Iterator[str]]]:
-    """Text for tokenizer training and MLM: WordNet glosses (prefixed by their words, so every noun is
-    seen), fortunes, the captions of the image–text pairs and the distinct shapes VQA questions."""
+    """Text for tokenizer training and MLM: GCIDE definitions (``headword: definition``), WordNet
+    glosses (prefixed by their words, so every noun is seen), fortunes, the captions of the image–text
+    pairs and the distinct shapes VQA questions. Each split reads the same split of every source, so
+    held-out text (the MLM evaluation) is never trained on."""
     paths = source_paths(data_dir)
 
     def wordnet(split: str) -> Iterator[str]:
@@ -222,13 +251,21 @@ def _corpus_parts(data_dir: Path) -> dict[str, Callable[[str], Iterator[str]]]:
                 words = ", ".join(obj.get("words", []))
                 yield f"{words}: {obj['text']}" if words else str(obj["text"])
 
+    def definitions(split: str) -> Iterator[str]:
+        path = paths["gcide"][split]["text_pairs"]
+        if path.exists():
+            for _, obj in iter_jsonl(path):
+                yield f"{obj['query']}: {obj['text']}"
+
     return {
+        "gcide": definitions,
         "wordnet": wordnet,
         "fortunes": lambda s: _jsonl_texts(paths["fortunes"][s]["labeled_text"], "text"),
         "fashion_mnist": lambda s: _jsonl_texts(paths["fashion_mnist"][s]["pairs"], "text"),
         "shapes": lambda s: _jsonl_texts(paths["shapes"][s]["pairs"], "text"),
         "shapes_questions": lambda s: _jsonl_texts(paths["shapes"][s]["vqa"], "question"),
         "emoji": lambda s: _jsonl_texts(paths["emoji"][s]["pairs"], "text"),
+        "clipart": lambda s: _jsonl_texts(paths["clipart"][s]["pairs"], "text"),
     }
 
 
@@ -273,13 +310,28 @@ def _jobs(data_dir: Path, scale: str, progress: bool) -> list[_Job]:
             },
             lambda out: sources.write_fortunes(out, limits=limits["fortunes"], progress=progress),
         ),
+        _Job(
+            "gcide",
+            {
+                **version,
+                "limits": limits["gcide"],
+                "min_words": gcide.DEFINITION_MIN_WORDS,
+                "max_chars": gcide.DEFINITION_MAX_CHARS,
+            },
+            lambda out: sources.write_gcide(out, limits=limits["gcide"], progress=progress),
+        ),
+        _Job(
+            "clipart",
+            {**version, "limits": limits["clipart"], "min_class_size": clipart.CLIPART_MIN_CLASS_SIZE},
+            lambda out: clipart.write_clipart(out, limits=limits["clipart"], progress=progress),
+        ),
     ]
     # the corpus depends on everything above, so its parameters include theirs
     jobs.append(
         _Job(
             "text",
             {**version, "inputs": {j.name: j.params for j in jobs}},
-            lambda out: sources.write_text_corpus(out, _corpus_parts(data_dir)),
+            lambda out: sources.write_text_corpus(out, _corpus_parts(data_dir), TEXT_SPLITS),
         )
     )
     return jobs

@@ -31,7 +31,8 @@ import io
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from itertools import combinations, pairwise
+from collections import Counter
+from itertools import combinations, pairwise, permutations
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -109,6 +110,20 @@ class QA:
     type: str
 
 
+Claim = dict[str, Any]
+"""What one caption asserts, in a form :func:`caption_true_of` checks against any scene's objects::
+
+    {"kind": "objects", "objects": [[size|None, color, shape], ...]}   exactly these objects
+    {"kind": "colors", "counts": {color: n}}                            the colour counts, all objects
+    {"kind": "shapes", "counts": {shape: n}}                            the shape counts, all objects
+    {"kind": "relation", "count": n, "a": [...], "rel": "left", "b": [...]}  n objects, a <rel> b
+
+A size of None means the caption did not say. The order of a "from left to right" listing is not part
+of its claim, so such a caption is judged true of a scene with the same objects in any order: a caption
+is only ever called false when it is.
+"""
+
+
 @dataclass
 class Scene:
     seed: int
@@ -117,6 +132,7 @@ class Scene:
     objects: list[ShapeObject]
     captions: list[str] = field(default_factory=list)
     questions: list[QA] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)  # what captions[i] asserts (see `Claim`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +146,7 @@ class Scene:
             objects=[ShapeObject(**o) for o in d["objects"]],
             captions=list(d.get("captions", [])),
             questions=[QA(**q) for q in d.get("questions", [])],
+            claims=list(d.get("claims", [])),
         )
 
 
@@ -230,40 +247,84 @@ def _place_objects(rng: random.Random, n: int) -> list[ShapeObject]:
             return objects
 
 
-def _captions(rng: random.Random, objects: list[ShapeObject]) -> list[str]:
+def _description(obj: ShapeObject, with_size: bool) -> list[str | None]:
+    return [obj.size if with_size else None, obj.color, obj.shape]
+
+
+def _matches(description: Sequence[str | None], obj: ShapeObject) -> bool:
+    size, color, shape = description
+    return (size is None or size == obj.size) and color == obj.color and shape == obj.shape
+
+
+def caption_true_of(claim: Claim, objects: Sequence[ShapeObject]) -> bool:
+    """Whether a caption with this claim is true of a scene with these objects."""
+    kind = claim["kind"]
+    if kind == "objects":
+        wanted = claim["objects"]
+        return len(wanted) == len(objects) and any(
+            all(_matches(d, o) for d, o in zip(wanted, order, strict=True))
+            for order in permutations(objects)
+        )
+    if kind == "colors":
+        return dict(Counter(o.color for o in objects)) == claim["counts"]
+    if kind == "shapes":
+        return dict(Counter(o.shape for o in objects)) == claim["counts"]
+    if kind == "relation":
+        return len(objects) == claim["count"] and any(
+            _matches(claim["a"], a) and _matches(claim["b"], b) and relation_holds(a, b, claim["rel"])
+            for a, b in permutations(objects, 2)
+        )
+    raise ValueError(f"unknown claim kind {kind!r}")
+
+
+def _captions(rng: random.Random, objects: list[ShapeObject]) -> list[tuple[str, Claim]]:
+    """Every caption of a scene with its claim (the random draws are those of the v1 data)."""
     n = len(objects)
 
-    def listing(order: Sequence[ShapeObject]) -> str:
-        return join_list([noun_phrase(o, with_size=rng.random() < 0.5) for o in order])
+    def listing(order: Sequence[ShapeObject]) -> tuple[str, Claim]:
+        sized = [(o, rng.random() < 0.5) for o in order]
+        text = join_list([noun_phrase(o, with_size=w) for o, w in sized])
+        return text, {"kind": "objects", "objects": [_description(o, w) for o, w in sized]}
 
     def shuffled() -> list[ShapeObject]:
         order = list(objects)
         rng.shuffle(order)
         return order
 
-    caps: list[str] = [listing(shuffled())]
+    caps: list[tuple[str, Claim]] = [listing(shuffled())]
     count = f"{NUMBER_WORDS[n]} shape{'s' if n > 1 else ''}"
-    caps.append(f"{count}: {listing(shuffled())}")
-    caps.append(f"there is {listing(shuffled())}" if n == 1 else f"there are {count}: {listing(shuffled())}")
-    caps.append(f"{rng.choice(['a picture of', 'an image of', 'a drawing of'])} {listing(shuffled())}")
+    text, claim = listing(shuffled())
+    caps.append((f"{count}: {text}", claim))
+    text, claim = listing(shuffled())
+    caps.append((f"there is {text}" if n == 1 else f"there are {count}: {text}", claim))
+    lead = rng.choice(["a picture of", "an image of", "a drawing of"])
+    text, claim = listing(shuffled())
+    caps.append((f"{lead} {text}", claim))
 
     # grouped by colour ("two red shapes and a blue shape") and by shape ("a circle and two squares")
-    by_color = [c for c in COLORS if any(o.color == c for o in objects)]
+    color_counts = Counter(o.color for o in objects)
+    by_color = [c for c in COLORS if color_counts[c]]
     caps.append(
-        join_list(
-            [count_phrase(sum(o.color == c for o in objects), f"{c} shape", f"{c} shapes") for c in by_color]
+        (
+            join_list([count_phrase(color_counts[c], f"{c} shape", f"{c} shapes") for c in by_color]),
+            {"kind": "colors", "counts": {c: color_counts[c] for c in by_color}},
         )
     )
-    by_shape = [s for s in SHAPES if any(o.shape == s for o in objects)]
+    shape_counts = Counter(o.shape for o in objects)
+    by_shape = [s for s in SHAPES if shape_counts[s]]
     caps.append(
-        join_list([count_phrase(sum(o.shape == s for o in objects), s, PLURAL_SHAPES[s]) for s in by_shape])
+        (
+            join_list([count_phrase(shape_counts[s], s, PLURAL_SHAPES[s]) for s in by_shape]),
+            {"kind": "shapes", "counts": {s: shape_counts[s] for s in by_shape}},
+        )
     )
 
     # left-to-right listing, only when every neighbour pair is clearly separated horizontally
     if n >= 2:
         order = sorted(objects, key=lambda o: o.x)
         if all(relation_holds(a, b, "left") for a, b in pairwise(order)):
-            caps.append(f"from left to right: {listing(order)}")
+            text, claim = listing(order)
+            caps.append((f"from left to right: {text}", claim))
 
     # one relational caption: "a large green triangle to the left of a yellow circle [and two other shapes]"
     pairs = [
@@ -273,14 +334,17 @@ def _captions(rng: random.Random, objects: list[ShapeObject]) -> list[str]:
         a, b, rel = rng.choice(pairs)
         if rng.random() < 0.5:
             a, b, rel = b, a, OPPOSITE[rel]
+        size_a, size_b = rng.random() < 0.5, rng.random() < 0.5
         text = (
-            f"{noun_phrase(a, with_size=rng.random() < 0.5)} {CAPTION_RELATION_PHRASES[rel]} "
-            f"{noun_phrase(b, with_size=rng.random() < 0.5)}"
+            f"{noun_phrase(a, with_size=size_a)} {CAPTION_RELATION_PHRASES[rel]} "
+            f"{noun_phrase(b, with_size=size_b)}"
         )
         rest = n - 2
         if rest:
             text += f" and {NUMBER_WORDS[rest]} other shape{'s' if rest > 1 else ''}"
-        caps.append(text)
+        claim = {"kind": "relation", "count": n, "a": _description(a, size_a), "rel": rel}
+        claim["b"] = _description(b, size_b)
+        caps.append((text, claim))
     return caps
 
 
@@ -376,10 +440,16 @@ def generate_scene(seed: int, index: int) -> Scene:
     rng = _rng(seed, index)
     background = rng.choice(list(BACKGROUNDS))
     objects = _place_objects(rng, rng.randint(1, MAX_OBJECTS))
-    captions = _captions(rng, objects)
+    captioned = _captions(rng, objects)
     questions = _questions(rng, objects)
     return Scene(
-        seed=seed, index=index, background=background, objects=objects, captions=captions, questions=questions
+        seed=seed,
+        index=index,
+        background=background,
+        objects=objects,
+        captions=[text for text, _ in captioned],
+        questions=questions,
+        claims=[claim for _, claim in captioned],
     )
 
 

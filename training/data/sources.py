@@ -31,7 +31,7 @@ import re
 import struct
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from training.data import gcide
 from training.data import shapes as shapes_world
 from training.data.formats import LabeledTextRecord, write_jsonl
 
@@ -215,7 +216,15 @@ def write_shapes(
             for scene in shapes_world.generate_scenes(seeds[split], counts[split]):
                 rel = f"images/{scene.index:06d}.png"
                 (split_dir / rel).write_bytes(shapes_world.scene_png(scene))
-                pairs.append({"image": rel, "text": scene.captions[_caption_pick(scene)]})
+                pick = _caption_pick(scene)
+                pairs.append(
+                    {
+                        "image": rel,
+                        "text": scene.captions[pick],
+                        "objects": [asdict(o) for o in scene.objects],
+                        "claim": scene.claims[pick],
+                    }
+                )
                 vqa.extend(
                     {"image": rel, "question": q.question, "answer": q.answer, "type": q.type}
                     for q in scene.questions
@@ -393,7 +402,7 @@ def write_emoji(
                     continue
                 rel = f"images/{item.file_stem}.png"
                 image.save(split_dir / rel)
-                rows.append({"image": rel, "text": emoji_caption(item), "name": item.name})
+                rows.append({"image": rel, "text": emoji_caption(item), "name": item.name, "label": item.name})
                 bar.update()
         rows.sort(key=lambda r: str(r["image"]))
         counts[split] = write_jsonl(split_dir / "pairs.jsonl", rows)
@@ -466,13 +475,16 @@ def _write_labeled_splits(
     records: Iterable[tuple[str, dict[str, Any]]],
     labels: list[str],
     limits: Limits | None,
+    split_key: Callable[[str], str] = lambda key: key,
 ) -> dict[str, int]:
-    """Rows keyed for hashing -> ``<split>.jsonl`` (limited to a stable random subset) + ``labels.json``."""
+    """Rows keyed for hashing -> ``<split>.jsonl`` (limited to a stable random subset) + ``labels.json``
+    (when there are labels). ``split_key`` picks the part of a key the split is hashed from."""
     by_split: dict[str, list[tuple[str, dict[str, Any]]]] = {s: [] for s in SPLITS}
     for key, row in records:
-        by_split[hash_split(key)].append((key, row))
+        by_split[hash_split(split_key(key))].append((key, row))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "labels.json").write_text(json.dumps(labels) + "\n", encoding="utf-8")
+    if labels:
+        (out_dir / "labels.json").write_text(json.dumps(labels) + "\n", encoding="utf-8")
     counts: dict[str, int] = {}
     for split in SPLITS:
         rows = by_split[split]
@@ -551,6 +563,22 @@ def write_fortunes(
     labels = sorted({r.label for r in records})
     rows = ((f"{r.label}\n{r.text}", {"text": r.text, "label": r.label}) for r in records)
     return _write_labeled_splits(out_dir, rows, labels, limits)
+
+
+# =========================================================================== GCIDE
+
+
+def write_gcide(
+    out_dir: Path, *, root: Path = gcide.GCIDE_DIR, limits: Limits | None = None, progress: bool = True
+) -> dict[str, int]:
+    """``<split>.jsonl`` of ``{"query": headword, "text": definition}``; the split is a hash of the
+    lower-cased headword, so every sense of a word is in one split."""
+    definitions = gcide.read_gcide(root)
+    rows = (
+        (f"gcide:{d.word.lower()}\n{d.text}", {"query": d.word, "text": d.text})
+        for d in tqdm(definitions, desc="gcide", disable=not progress, leave=False)
+    )
+    return _write_labeled_splits(out_dir, rows, [], limits, split_key=lambda key: key.split("\n", 1)[0])
 
 
 # =========================================================================== text corpus

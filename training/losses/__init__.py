@@ -9,9 +9,10 @@ from training.losses.contrastive import ITCLoss
 from training.losses.matching import ITMLoss
 from training.losses.mim import MIMLoss
 from training.losses.mlm import MLMLoss, MMMLoss
+from training.losses.text_contrastive import TextContrastiveLoss
 from training.losses.vqa import ClassificationLoss, vqa_objective
 
-OBJECTIVES = ("mim", "mlm", "itc", "itm", "mmm", "vqa")
+OBJECTIVES = ("mim", "mlm", "itc", "itm", "mmm", "vqa", "ttc")
 
 
 def _optional_int(value: object) -> int | None:
@@ -32,7 +33,9 @@ def build_objective(
             decoder_depth=int(options.get("decoder_depth", 1)),  # type: ignore[call-overload]
         )
     if name == "mlm":
-        return MLMLoss(config.width, tokens)
+        return MLMLoss(config.width, tokens, probability=float(options.get("probability", 0.15)))  # type: ignore[arg-type]
+    if name == "ttc":
+        return TextContrastiveLoss()
     if name == "mmm":
         return MMMLoss(config.width, tokens, max_batch=_optional_int(options.get("max_batch")))
     if name == "itc":
@@ -56,6 +59,7 @@ __all__ = [
     "MLMLoss",
     "MMMLoss",
     "Objective",
+    "TextContrastiveLoss",
     "TokenInfo",
     "build_objective",
     "weighted_sum",

@@ -26,6 +26,8 @@ class Batch:
 
     @property
     def size(self) -> int:
+        if "pair_size" in self.meta:  # a text_pair batch: 2B rows, B items
+            return int(self.meta["pair_size"])
         for value in (self.pixels, self.input_ids, self.labels):
             if value is not None:
                 return int(value.shape[0])

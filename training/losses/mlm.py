@@ -10,21 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from momo.heads import TokenHead
 from momo.model import MoMoEncoder
 from training.losses.base import Batch, Objective, TokenInfo
 from training.masking import IGNORE_INDEX, mask_tokens
-
-
-class TiedTokenHead(nn.Module):
-    """hidden (…, D) -> vocabulary logits (…, V), output weights shared with the token embedding."""
-
-    def __init__(self, width: int, vocab_size: int):
-        super().__init__()
-        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=1e-6))
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-
-    def forward(self, hidden: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.transform(hidden), token_embedding, self.bias)
 
 
 class MLMLoss(Objective):
@@ -38,7 +27,7 @@ class MLMLoss(Objective):
         self.tokens = tokens
         self.probability = probability
         self.max_batch = max_batch  # MMM: only the first `max_batch` pairs (CPU budgets)
-        self.head = TiedTokenHead(width, tokens.vocab_size)
+        self.head = TokenHead(width, tokens.vocab_size)
 
     def _mask(self, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         assert batch.input_ids is not None and batch.attention_mask is not None
