@@ -24,7 +24,8 @@ def random_model(config: MoMoConfig, seed: int = 0, with_heads: bool = True) -> 
             "itm": ITM_SPEC,
             "vqa": HeadSpec(input="pair", labels=list(VQA_ANSWERS), task="vqa", hidden=2 * config.width),
         }
-    return MoMoModel(config, head_specs=specs).eval()
+    # with the heads, the MLM token head too (as pretraining keeps it since momo-tiny:v2)
+    return MoMoModel(config, head_specs=specs, with_token_head=with_heads).eval()
 
 
 def register_random(

@@ -590,9 +590,10 @@ class _RetrievalTask(_Task):
         self.model.temperature = self.temperature
 
 
-def _build_task(
+def build_task(
     model: MoMoModel, data: StreamData, options: FinetuneOptions, device: torch.device, tokenizer: Any
 ) -> _ClassificationTask | _RetrievalTask:
+    """The task object that trains `model` on `data` (a new or reused head, or the projections)."""
     if options.task == "retrieval":
         return _RetrievalTask(model, data, options, device)
     task = _ClassificationTask(model, data, options, device)
@@ -601,76 +602,41 @@ def _build_task(
 
 
 # --- the loop ---------------------------------------------------------------------------------------
-def _epoch_batches(n_train: np.ndarray, batch_size: int, seed: int, epoch: int) -> Iterator[np.ndarray]:
-    import numpy as np
+@dataclass
+class FitOutcome:
+    """What `fit_task` did: validation scores before/after, steps run, the validation history."""
 
-    order = np.random.default_rng([seed, epoch]).permutation(n_train)
-    full = len(order) // batch_size
-    for b in range(max(1, full)):
-        chunk = order[b * batch_size : (b + 1) * batch_size]
-        if len(chunk):
-            yield chunk
-
-
-def _never() -> bool:
-    return False
+    before: float | None
+    before_method: str
+    after: float | None
+    steps: int
+    steps_per_epoch: int
+    stopped_early: bool
+    history: list[dict[str, float]]
 
 
-def run_finetune(
-    base: str,
-    dataset: str | Path,
+def fit_task(
+    task: _ClassificationTask | _RetrievalTask,
+    train: np.ndarray,
+    val: np.ndarray,
     options: FinetuneOptions,
     *,
-    store_root: str | Path | None = None,
-    allowed_root: str | Path | None = None,
-    register: bool = True,
     progress: ProgressFn | None = None,
-    should_cancel: CancelFn | None = None,
-    on_event: EventFn | None = None,
-) -> FinetuneResult:
-    """Fine-tune version `base` (a store reference) on `dataset`; register the result as a new
-    version (unless `register` is False). `allowed_root`: every file the dataset names must lie
-    under it (the service passes its data root). Raises `Cancelled`, `FinetuneError`,
-    `DataFormatError` (a `ValueError` naming file and line), `StoreError`/`ArtifactError`."""
+    cancel: CancelFn = lambda: False,
+    emit: EventFn = lambda message, data: None,
+) -> FitOutcome:
+    """The fine-tuning loop: score the base on `val`, train on `train` (AdamW, warm-up + cosine,
+    gradient clipping), validate every `eval_every` steps with early stopping, and leave the task's
+    model holding the best validated weights. The one loop behind `run_finetune` and the evaluation's
+    fine-tune protocol (`training.evaluation`)."""
     import torch
 
-    from momo.store import ModelStore
-    from training.engine import resolve_device, warmup_cosine_factor
+    from training.engine import warmup_cosine_factor
 
-    options.validate()
-    cancel = should_cancel or _never
-    emit = on_event or (lambda message, data: None)
-    started = time.perf_counter()
-    store = ModelStore(store_root) if store_root is not None else ModelStore()
-    artifact = store.load(base)
-    base_ref = artifact.reference
-    device = resolve_device(options.device)
-    dataset = Path(dataset)
-    root = Path(allowed_root) if allowed_root is not None else None
-
-    data = load_dataset(
-        options.task, dataset, artifact.config, artifact.tokenizer, limit=options.limit, allowed_root=root
-    )
-    train, val = split_indices(data, options.validation_split, options.seed)
-    emit(
-        f"loaded {len(data)} records ({len(train)} train, {len(val)} validation"
-        + (f", {len(data.label_names)} labels)" if data.label_names else ")"),
-        {"items": len(data), "train": len(train), "validation": len(val), "labels": len(data.label_names)},
-    )
-    if cancel():
-        raise Cancelled("cancelled before training")
-
-    torch.manual_seed(options.seed)
-    model = artifact.load_model("cpu").to(device)
-    frozen_copy = (
-        {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
-        if options.freeze_encoder
-        else {}
-    )
-    task = _build_task(model, data, options, device, artifact.tokenizer)
+    model = task.model
     batch_size = min(options.batch_size, len(train))
     if options.task == "retrieval" and batch_size < 2:
-        raise FinetuneError(f"{dataset}: retrieval needs at least 2 training pairs")
+        raise FinetuneError("retrieval needs at least 2 training pairs")
 
     # Score the base model before anything changes (its own head / zero-shot / chance).
     before: float | None = None
@@ -768,6 +734,80 @@ def run_finetune(
             task.logit_scale.data.copy_(scale)
     task.finish()
     after = float(task.evaluate(val)["metric"]) if len(val) else None
+    return FitOutcome(before, before_method, after, step, steps_per_epoch, stopped_early, history)
+
+
+def _epoch_batches(n_train: np.ndarray, batch_size: int, seed: int, epoch: int) -> Iterator[np.ndarray]:
+    import numpy as np
+
+    order = np.random.default_rng([seed, epoch]).permutation(n_train)
+    full = len(order) // batch_size
+    for b in range(max(1, full)):
+        chunk = order[b * batch_size : (b + 1) * batch_size]
+        if len(chunk):
+            yield chunk
+
+
+def _never() -> bool:
+    return False
+
+
+def run_finetune(
+    base: str,
+    dataset: str | Path,
+    options: FinetuneOptions,
+    *,
+    store_root: str | Path | None = None,
+    allowed_root: str | Path | None = None,
+    register: bool = True,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    on_event: EventFn | None = None,
+) -> FinetuneResult:
+    """Fine-tune version `base` (a store reference) on `dataset`; register the result as a new
+    version (unless `register` is False). `allowed_root`: every file the dataset names must lie
+    under it (the service passes its data root). Raises `Cancelled`, `FinetuneError`,
+    `DataFormatError` (a `ValueError` naming file and line), `StoreError`/`ArtifactError`."""
+    import torch
+
+    from momo.store import ModelStore
+    from training.engine import resolve_device
+
+    options.validate()
+    cancel = should_cancel or _never
+    emit = on_event or (lambda message, data: None)
+    started = time.perf_counter()
+    store = ModelStore(store_root) if store_root is not None else ModelStore()
+    artifact = store.load(base)
+    base_ref = artifact.reference
+    device = resolve_device(options.device)
+    dataset = Path(dataset)
+    root = Path(allowed_root) if allowed_root is not None else None
+
+    data = load_dataset(
+        options.task, dataset, artifact.config, artifact.tokenizer, limit=options.limit, allowed_root=root
+    )
+    train, val = split_indices(data, options.validation_split, options.seed)
+    emit(
+        f"loaded {len(data)} records ({len(train)} train, {len(val)} validation"
+        + (f", {len(data.label_names)} labels)" if data.label_names else ")"),
+        {"items": len(data), "train": len(train), "validation": len(val), "labels": len(data.label_names)},
+    )
+    if cancel():
+        raise Cancelled("cancelled before training")
+
+    torch.manual_seed(options.seed)
+    model = artifact.load_model("cpu").to(device)
+    frozen_copy = (
+        {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
+        if options.freeze_encoder
+        else {}
+    )
+    task = build_task(model, data, options, device, artifact.tokenizer)
+    fit = fit_task(task, train, val, options, progress=progress, cancel=cancel, emit=emit)
+    before, before_method, after = fit.before, fit.before_method, fit.after
+    step, steps_per_epoch, stopped_early = fit.steps, fit.steps_per_epoch, fit.stopped_early
+    history = fit.history
     model.requires_grad_(True)
     model = model.cpu().eval()
     for key, value in frozen_copy.items():

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import yaml
 
 from momo.config import MoMoConfig, get_preset
-from training.losses import OBJECTIVES
+from training.losses import OBJECTIVES, parse_options
 from training.streams import STREAM_KINDS
 
 Mode = Literal["simultaneous", "alternating"]
@@ -102,6 +102,11 @@ class StageSpec:
         names = [s.name for s in self.streams]
         if len(set(names)) != len(names):
             raise ValueError(f"stage {self.name!r}: duplicate stream names {names}")
+        for objective, options in self.objective_options.items():
+            try:
+                parse_options(objective, options)
+            except ValueError as exc:
+                raise ValueError(f"stage {self.name!r}: {exc}") from exc
 
     @property
     def objectives(self) -> list[str]:

@@ -55,8 +55,8 @@ ALWAYS_IN_CONTEXT = [
     "docker/requirements/api.txt",
     "docker/healthcheck.py",
     "docker/gpu_check.sh",
-    "model_store/momo-tiny/v1/model.safetensors",
-    "model_store/momo-tiny/v1/manifest.json",
+    "model_store/momo-tiny/v2/model.safetensors",
+    "model_store/momo-tiny/v2/manifest.json",
 ]
 
 

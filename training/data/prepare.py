@@ -322,7 +322,12 @@ def _jobs(data_dir: Path, scale: str, progress: bool) -> list[_Job]:
         ),
         _Job(
             "clipart",
-            {**version, "limits": limits["clipart"], "min_class_size": clipart.CLIPART_MIN_CLASS_SIZE},
+            {
+                **version,
+                "limits": limits["clipart"],
+                "min_class_size": clipart.CLIPART_MIN_CLASS_SIZE,
+                "max_pixels": clipart.CLIPART_MAX_PIXELS,
+            },
             lambda out: clipart.write_clipart(out, limits=limits["clipart"], progress=progress),
         ),
     ]

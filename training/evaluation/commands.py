@@ -39,6 +39,22 @@ def register(app: typer.Typer) -> None:
         ] = 2000,
         max_retrieval: Annotated[int, typer.Option("--max-retrieval", help="Retrieval test pairs.")] = 1000,
         max_vqa: Annotated[int, typer.Option("--max-vqa", help="VQA test questions.")] = 5000,
+        split: Annotated[
+            str, typer.Option("--split", help="Score on test (reported) or val (development, ablations).")
+        ] = "test",
+        finetune_steps: Annotated[
+            int, typer.Option("--finetune-steps", help="Language fine-tune protocol: optimizer steps.")
+        ] = 600,
+        max_finetune_train: Annotated[
+            int, typer.Option("--max-finetune-train", help="Language fine-tune protocol: train items.")
+        ] = 8000,
+        max_val: Annotated[int, typer.Option("--max-val", help="Validation items (fine-tune selection).")] = (
+            1000
+        ),
+        max_mlm: Annotated[int, typer.Option("--max-mlm", help="Held-out corpus lines for the MLM loss.")] = (
+            2000
+        ),
+        max_itm: Annotated[int, typer.Option("--max-itm", help="Held-out images per ITM source.")] = 600,
         batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
         seed: Annotated[
             int, typer.Option("--seed", help="Seed of the subsets and of the random weights.")
@@ -75,12 +91,22 @@ def register(app: typer.Typer) -> None:
         except (StoreError, ArtifactError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
+        if split not in ("test", "val"):
+            typer.echo(f"error: --split must be test or val, not {split!r}", err=True)
+            raise typer.Exit(2)
         settings = EvalSettings(
             data_dir=data_dir,
+            split=split,
             max_train=max_train,
             max_test=max_test,
             max_retrieval=max_retrieval,
             max_vqa=max_vqa,
+            finetune_steps=finetune_steps,
+            finetune_eval_every=max(1, finetune_steps // 4),
+            max_finetune_train=max_finetune_train,
+            max_val=max_val,
+            max_mlm=max_mlm,
+            max_itm=max_itm,
             batch_size=batch_size,
             seed=seed,
             groups=chosen,

@@ -6,7 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.evaluation.suite import COLUMN_TITLES, COLUMNS, GROUPS, EvalResult, Row
+from training.evaluation.suite import (
+    COLUMN_TITLES,
+    COLUMNS,
+    FROZEN,
+    GROUPS,
+    PAPER_PROTOCOLS,
+    EvalResult,
+    Row,
+)
 
 JSON_FILE = "eval.json"
 MARKDOWN_FILE = "eval.md"
@@ -22,23 +30,44 @@ def _baseline(value: float | None, name: str) -> str:
 
 def markdown(result: EvalResult) -> str:
     s = result.settings
+    header = [
+        "| group | task | metric | protocol | model | random weights | majority / chance "
+        "| raw pixels / TF-IDF | n train | n test |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def table(rows: list[Row]) -> list[str]:
+        out = list(header)
+        for r in rows:
+            metric = f"**{r.metric}**" if r.primary else r.metric
+            out.append(
+                f"| {r.group} | {r.task} | {metric} | {r.protocol or '—'} | {_fmt(r.model)} | "
+                f"{_fmt(r.random_init)} | {_baseline(r.trivial, r.trivial_name)} | "
+                f"{_baseline(r.feature, r.feature_name)} | {r.n_train or '—'} | {r.n_test} |"
+            )
+        return out
+
+    protocols = "; ".join(f"{g}: {p}" for g, p in PAPER_PROTOCOLS.items())
     lines = [
         f"# Evaluation of `{result.model}`",
         "",
-        f"Runtime {result.runtime}; evaluated {result.evaluated_at}; data `{s['data_dir']}` (test splits); "
+        f"Runtime {result.runtime}; evaluated {result.evaluated_at}; data `{s['data_dir']}` "
+        f"({s.get('split', 'test')} splits); "
         f"seed {s['seed']}.",
         "",
-        "| group | task | metric | model | random weights | majority / chance | raw pixels / TF-IDF "
-        "| n train | n test |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        f"## The paper's protocol per group ({protocols})",
+        "",
+        "**Bold** metrics enter the macro averages. Losses are lower-is-better.",
+        "",
+        *table([r for r in result.rows if r.protocol != FROZEN]),
+        "",
+        "## Frozen features",
+        "",
+        "Linear probes on frozen features: the CLS, and the served joint embedding "
+        "(what `/v1/embeddings` returns).",
+        "",
+        *table([r for r in result.rows if r.protocol == FROZEN]),
     ]
-    for r in result.rows:
-        metric = f"**{r.metric}**" if r.primary else r.metric
-        lines.append(
-            f"| {r.group} | {r.task} | {metric} | {_fmt(r.model)} | {_fmt(r.random_init)} | "
-            f"{_baseline(r.trivial, r.trivial_name)} | {_baseline(r.feature, r.feature_name)} | "
-            f"{r.n_train or '—'} | {r.n_test} |"
-        )
     lines += [
         "",
         "## Macro averages",
@@ -114,7 +143,7 @@ def write_report(result: EvalResult, out: Path) -> list[Path]:
     (out / JSON_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     (out / MARKDOWN_FILE).write_text(markdown(result))
     for group in GROUPS:
-        rows = [r for r in result.rows if r.group == group and r.primary]
+        rows = [r for r in result.rows if r.group == group and (r.primary or r.protocol == FROZEN)]
         if rows:
             path = out / f"{group}.png"
             _chart(rows, f"{result.model}: {group}", path)

@@ -36,8 +36,8 @@ def false_caption_mask(meta: dict[str, Any], size: int) -> torch.Tensor:
         for j in range(size):
             if i == j:
                 mask[i, j] = False
-            elif scenes[i] is not None and claims[j] is not None:
-                mask[i, j] = not shapes_world.caption_true_of(claims[j], scenes[i])
+            elif (scene := scenes[i]) is not None and claims[j] is not None:
+                mask[i, j] = not shapes_world.caption_true_of(claims[j], scene)
             elif labels[i] is not None and labels[j] is not None:
                 mask[i, j] = labels[i] != labels[j]
     return mask

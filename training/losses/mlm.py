@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from momo.heads import TokenHead
 from momo.model import MoMoEncoder

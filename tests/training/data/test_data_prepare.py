@@ -12,10 +12,17 @@ from typing import Any
 import pytest
 
 from training.data import prepare
-from training.data.formats import read_image_folder, read_labeled_text, read_pairs, read_text_lines, read_vqa
+from training.data.formats import (
+    read_image_folder,
+    read_labeled_text,
+    read_pairs,
+    read_text_lines,
+    read_text_pairs,
+    read_vqa,
+)
 from training.data.prepare import PrepareError, prepare_all, prepare_command, source_paths
 
-ALL_PACKAGES_PRESENT = all(path.exists() for _, path in prepare.DEBIAN_PACKAGES.values())
+ALL_PACKAGES_PRESENT = all(path.exists() for pkgs in prepare.DEBIAN_PACKAGES.values() for _, path in pkgs)
 pytestmark = pytest.mark.skipif(not ALL_PACKAGES_PRESENT, reason="Debian data packages not installed")
 
 
@@ -51,6 +58,8 @@ def test_micro_writes_every_source_and_split(micro: tuple[Path, dict[str, Any]])
                     assert read_vqa(path)
                 elif kind == "labeled_text":
                     assert read_labeled_text(path)
+                elif kind == "text_pairs":
+                    assert read_text_pairs(path)
                 elif kind == "text":
                     assert read_text_lines(path)
                 elif kind in ("classes", "answers", "labels"):
@@ -64,6 +73,15 @@ def test_micro_writes_every_source_and_split(micro: tuple[Path, dict[str, Any]])
     assert not any(
         line.endswith(": " + t) or line == t for t in wordnet_test - wordnet_train for line in corpus
     )
+    # the same for the dictionary: held-out definitions are in the corpus' test split only
+    definitions = {split: read_text_pairs(layout["gcide"][split]["text_pairs"]) for split in ("train", "test")}
+    lines = set(corpus)
+    assert all(f"{p.query}: {p.text}" in lines for p in definitions["train"])
+    train_words = {p.query.lower() for p in definitions["train"]}
+    assert not any(p.query.lower() in train_words for p in definitions["test"])  # split by headword
+    test_corpus = set(read_text_lines(layout["text"]["test"]["text"]))
+    assert all(f"{p.query}: {p.text}" in test_corpus for p in definitions["test"])
+    assert not any(f"{p.query}: {p.text}" in lines for p in definitions["test"])
 
 
 def test_prepare_is_idempotent(micro: tuple[Path, dict[str, Any]]) -> None:
@@ -109,7 +127,7 @@ def test_unknown_scale(tmp_path: Path) -> None:
 
 def test_missing_package_is_reported_or_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "not-there" / "data.noun"
-    monkeypatch.setattr(prepare, "DEBIAN_PACKAGES", {"wordnet": ("wordnet-base", missing)})
+    monkeypatch.setattr(prepare, "DEBIAN_PACKAGES", {"wordnet": [("wordnet-base", missing)]})
     with pytest.raises(PrepareError, match="apt-get install -y wordnet-base"):
         prepare.ensure_packages(["wordnet"], install_missing=False)
 

@@ -25,6 +25,16 @@ SMALL = [
     "40",
     "--max-vqa",
     "80",
+    "--finetune-steps",
+    "8",
+    "--max-finetune-train",
+    "120",
+    "--max-val",
+    "40",
+    "--max-mlm",
+    "40",
+    "--max-itm",
+    "20",
     "--no-progress",
 ]
 
@@ -65,16 +75,35 @@ def test_eval_end_to_end(
     report = json.loads((out / "eval.json").read_text())
     tasks = {r["task"] for r in report["rows"]}
     assert tasks == {
-        "fashion_mnist_linear_probe",
-        "fashion_mnist_zero_shot",
-        "wordnet_lexname_probe",
-        "fortunes_category_probe",
+        f"{source}_{kind}"
+        for source in ("fashion_mnist", "clipart")
+        for kind in ("linear_probe", "embedding_probe", "zero_shot")
+    } | {
+        f"{source}_{kind}"
+        for source in ("wordnet_lexname", "fortunes_category")
+        for kind in ("finetune", "linear_probe", "embedding_probe")
+    } | {
+        "heldout_mlm",
         "shapes_retrieval",
         "emoji_retrieval",
+        "clipart_retrieval",
         "shapes_vqa",
+        "heldout_itm",
     }
     assert not report["skipped"]
+    # each group's macro average is over its paper protocol's rows
+    primary = {(r["group"], r["protocol"]) for r in report["rows"] if r["primary"]}
+    assert primary == {
+        ("vision", "linear probe"),
+        ("language", "fine-tune"),
+        ("multimodal", "zero-shot"),
+        ("multimodal", "pretrained head"),
+    }
+    mlm = next(r for r in report["rows"] if r["task"] == "heldout_mlm")
+    assert mlm["model"] > 0 and mlm["trivial"] > 0 and not mlm["higher_is_better"]
     for row in report["rows"]:
+        if row["task"] == "heldout_mlm":
+            continue
         assert 0.0 <= row["model"] <= 1.0
         assert row["random_init"] is not None  # the random-weights baseline runs for every figure
         assert row["trivial"] is not None and row["n_test"] > 0
@@ -104,7 +133,7 @@ def test_eval_without_vqa_head_and_without_manifest(
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "eval.json").read_text())
-    assert [s["task"] for s in report["skipped"]] == ["shapes_vqa"]
+    assert [s["task"] for s in report["skipped"]] == ["shapes_vqa", "heldout_itm"]
     assert "no 'vqa' head" in (out / "eval.md").read_text()
     assert {r["task"] for r in report["rows"]} == {"shapes_retrieval", "emoji_retrieval"}
     assert all(r["random_init"] is None for r in report["rows"])
