@@ -30,19 +30,31 @@ def scenes():
 
 def test_bundled_model_is_complete_active_and_small() -> None:
     store = ModelStore(REPO_STORE)
-    assert store.active() == ("momo-tiny", "v1")
+    assert store.active() == ("momo-tiny", "v2")
     artifact = store.load()  # verifies every sha256
     assert artifact.config == get_preset("momo-tiny")
     assert set(artifact.heads.heads) == {"itm", "vqa"}
+    assert artifact.heads.token_head  # the MLM head, for the held-out MLM loss
     assert sum(f.stat().st_size for f in artifact.path.iterdir()) <= 25 * 2**20
     assert {"image_encoder.onnx", "text_encoder.onnx", "pair_encoder.onnx"} <= set(artifact.manifest.files)
     first = artifact.manifest.metrics["pretrain_first_losses"]
     final = artifact.manifest.metrics["pretrain_final_losses"]
     assert set(final) == {"images", "images_text", "text_pairs", "downstream"}
-    for stage, losses in final.items():  # every loss of every stage fell
+    for stage, losses in final.items():
         for name, value in losses.items():
-            assert value < first[stage][name], (stage, name)
+            if name.endswith("/mlm") and stage != "images_text":
+                # MLM learns in images_text; later stages keep it where it was left (+5 % at most)
+                assert value <= 1.05 * final["images_text"]["text/mlm"], (stage, name)
+            else:  # every other loss of every stage fell
+                assert value < first[stage][name], (stage, name)
     assert "eval" in artifact.manifest.metrics
+
+
+def test_v1_stays_loadable() -> None:
+    artifact = ModelStore(REPO_STORE).load("momo-tiny:v1")
+    assert not artifact.heads.token_head  # v1 predates the kept MLM head
+    model = artifact.load_model()
+    assert model.token_head is None and set(model.heads) == {"itm", "vqa"}
 
 
 def test_zero_shot_text_to_image_retrieval_on_held_out_scenes(scenes) -> None:

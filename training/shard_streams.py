@@ -29,9 +29,9 @@ from training.streams import STREAM_KINDS, Sample
 
 OnError = Literal["raise", "skip"]
 IMAGE_KINDS = ("image", "pair", "vqa", "image_class")
-TEXT_KINDS = ("text", "pair", "text_class")
+TEXT_KINDS = ("text", "pair", "text_class", "text_pair")
 LABEL_KINDS = ("vqa", "image_class", "text_class")
-RESERVED_META = ("label", "question", "answer", "type")
+RESERVED_META = ("label", "question", "answer", "type", "query")
 
 
 class ShardStream:
@@ -100,6 +100,12 @@ class ShardStream:
                 raise ValueError("no question in its json member" if self.kind == "vqa" else "no txt member")
             encoded = self.tokenizer.encode_batch([text], self.config.max_text_len)
             sample["tokens"] = encoded.input_ids[0, : int(encoded.attention_mask[0].sum())]
+        if self.kind == "text_pair":
+            query = meta.get("query")
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError("no query in its json member")
+            encoded = self.tokenizer.encode_batch([query], self.config.max_text_len)
+            sample["query_tokens"] = encoded.input_ids[0, : int(encoded.attention_mask[0].sum())]
         if self.kind in LABEL_KINDS:
             label = self._label(record, meta)
             if label not in self._label_ids:

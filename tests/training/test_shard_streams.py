@@ -35,6 +35,8 @@ def tokenizer(micro_data: Path) -> MoMoTokenizer:
         ("vqa", "shapes/train/vqa.jsonl"),
         ("text_class", "wordnet/train.jsonl"),
         ("text", "text/train.txt"),
+        ("text_pair", "gcide/train.jsonl"),
+        ("pair", "clipart/train/pairs.jsonl"),
     ],
 )
 def test_shards_decode_exactly_what_memory_decodes(
@@ -51,6 +53,9 @@ def test_shards_decode_exactly_what_memory_decodes(
         assert (left is None) == (right is None), field
         if left is not None:
             assert left.equal(right), field
+    # what ITM's negatives and TTC's pairing read travels too
+    for key in ("category", "objects", "claim", "pair_size"):
+        assert a.meta.get(key) == b.meta.get(key), key
 
 
 def _png(value: int) -> bytes:

@@ -10,6 +10,7 @@ pairs          the image file's bytes + ``txt`` (the caption) [+ ``json``: the r
                optional per-item fields, when it has any]
 vqa            the image file's bytes + ``json`` ``{"question", "answer"[, "type"]}``
 labeled_text   ``txt`` + ``json`` ``{"label"}``
+text_pairs     ``txt`` (the text) + ``json`` ``{"query"}``
 text           ``txt`` (one document per line of the file)
 =============  ========================================================================
 
@@ -36,12 +37,13 @@ from training.data.formats import (
     read_image_folder,
     read_labeled_text,
     read_pairs,
+    read_text_pairs,
     read_text_lines,
     read_vqa,
 )
 from training.data.shards import INDEX_FILE, ShardSet, WebDatasetRecord, write_webdataset
 
-SHARD_FORMATS = ("image_folder", "pairs", "vqa", "labeled_text", "text")
+SHARD_FORMATS = ("image_folder", "pairs", "vqa", "labeled_text", "text_pairs", "text")
 SHARDS_DIR = "shards"
 
 
@@ -58,7 +60,9 @@ def detect_format(path: Path) -> str:
             return "pairs"
         if "label" in first:
             return "labeled_text"
-        raise DataFormatError(f"{path}:1: neither a pair, a VQA nor a labelled-text record")
+        if "query" in first:
+            return "text_pairs"
+        raise DataFormatError(f"{path}:1: neither a pair, a VQA, a labelled-text nor a text-pair record")
     raise DataFormatError(f"{path}: empty JSONL file")
 
 
@@ -98,6 +102,11 @@ def source_records(path: Path, fmt: str) -> tuple[list[str] | None, Iterator[Web
         rows = read_labeled_text(path)
         return sorted({r.label for r in rows}), (
             WebDatasetRecord(_key(i), text=r.text, meta={"label": r.label}) for i, r in enumerate(rows)
+        )
+    if fmt == "text_pairs":
+        text_pairs = read_text_pairs(path)
+        return None, (
+            WebDatasetRecord(_key(i), text=p.text, meta={"query": p.query}) for i, p in enumerate(text_pairs)
         )
     if fmt == "text":
         return None, (WebDatasetRecord(_key(i), text=line) for i, line in enumerate(read_text_lines(path)))
@@ -151,7 +160,7 @@ def bundled_sources(data_dir: Path) -> list[Path]:
     """Every file of the bundled sources that a stream can read, as `momo data prepare` wrote them."""
     from training.data.prepare import source_paths
 
-    kinds = {"image_folder", "pairs", "vqa", "labeled_text", "text"}
+    kinds = {"image_folder", "pairs", "vqa", "labeled_text", "text_pairs", "text"}
     found = [
         path
         for splits in source_paths(data_dir).values()
