@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from momo.config import MoMoConfig
-from momo.heads import ClassifierHead, HeadSpec, TokenHead, build_head
+from momo.head_modules import ClassifierHead, TokenHead, build_head
+from momo.heads import HeadSpec
 from momo.layers import Block, Tower
 
 IMAGE_MODALITY = 0
