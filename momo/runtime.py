@@ -29,6 +29,12 @@ artifact has none (a fine-tuned version before `momo export`, and a Docker store
 `export_with_torch`, which imports torch and onnx only when it runs; `exporter=None` never exports
 and fails with a clear error instead. This module never imports `momo.export`; with graphs present
 the ONNX path needs just numpy, tokenizers and onnxruntime (no torch: a test checks it).
+
+Note on length (~530 lines): the interface (with the validation and post-processing every backend
+shares), its two backends and the factory are one module. Splitting it means four modules
+(interface, ONNX backend, torch backend, factory): a backend module beside the factory alone would
+import the factory's module for the interface while the factory imports it, a circle the
+import-boundary test forbids.
 """
 
 from __future__ import annotations
