@@ -1,18 +1,21 @@
-"""Heads that are kept in an artifact: ITM, answer/label classifiers (served) and the MLM token head
-(kept so that `momo eval` can measure the held-out MLM loss of the exact artifact).
+"""Specs of the heads kept in an artifact: ITM, answer/label classifiers (served) and whether the
+MLM token head is kept (so that `momo eval` can measure the held-out MLM loss of the exact artifact).
 
-Training losses own their heads (e.g. `training.losses.itm.ITMLoss` holds an `ITMHead`); the
-artifact keeps the ones the service needs, with their label vocabularies in `heads.json`.
+This module is torch-free: `momo.artifact` reads `heads.json` into `HeadSpec`s, and serving an ONNX
+model must not import torch. The heads' torch modules live in `momo.head_modules`. Training losses
+own their heads (e.g. `training.losses.matching` holds an ITM head); the artifact keeps the ones the
+service needs, with their label vocabularies in `heads.json`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:
+    from momo.head_modules import ClassifierHead, TokenHead, build_head
+
+__all__ = ["ITM_SPEC", "ClassifierHead", "HeadInput", "HeadSpec", "TokenHead", "build_head"]
 
 HeadInput = Literal["image", "text", "pair"]
 
@@ -35,36 +38,16 @@ class HeadSpec:
         return cls(**data)
 
 
-class ClassifierHead(nn.Module):
-    """CLS features (B, D) -> logits (B, num_labels); an MLP when `hidden` is set."""
-
-    def __init__(self, width: int, num_labels: int, hidden: int | None = None):
-        super().__init__()
-        if hidden:
-            self.net: nn.Module = nn.Sequential(
-                nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, num_labels)
-            )
-        else:
-            self.net = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, num_labels))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
-
-
-def build_head(width: int, spec: HeadSpec) -> ClassifierHead:
-    return ClassifierHead(width, len(spec.labels), spec.hidden)
-
-
 ITM_SPEC = HeadSpec(input="pair", labels=["no_match", "match"], task="itm")
 
+_TORCH_NAMES = frozenset({"ClassifierHead", "TokenHead", "build_head"})
 
-class TokenHead(nn.Module):
-    """hidden (…, D) -> vocabulary logits (…, V), output weights tied to the token embedding."""
 
-    def __init__(self, width: int, vocab_size: int):
-        super().__init__()
-        self.transform = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=1e-6))
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
+def __getattr__(name: str) -> Any:
+    """The torch modules, still importable from here (`from momo.heads import TokenHead`): loaded
+    from `momo.head_modules` on first use, so importing a spec never imports torch."""
+    if name in _TORCH_NAMES:
+        from momo import head_modules
 
-    def forward(self, hidden: torch.Tensor, token_embedding: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.transform(hidden), token_embedding, self.bias)
+        return getattr(head_modules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from momo.config import MoMoConfig
-from momo.heads import ClassifierHead, HeadSpec, TokenHead, build_head
-from momo.layers import Block, Tower
+from momo.head_modules import ClassifierHead, TokenHead, build_head
+from momo.heads import HeadSpec
+from momo.layers import MLP, ActFactory, Attention, AttnFactory, Block, MLPFactory, NormFactory, Tower
 
 IMAGE_MODALITY = 0
 TEXT_MODALITY = 1
@@ -71,9 +72,22 @@ class TextEmbedding(nn.Module):
 
 
 class MoMoEncoder(nn.Module):
-    """The shared image+text encoder (or, with `towers="separate"`, the FLAVA-style ablation)."""
+    """The shared image+text encoder (or, with `towers="separate"`, the FLAVA-style ablation).
 
-    def __init__(self, config: MoMoConfig):
+    The architecture's sizes come from `config` (data); the block's parts are code and are passed
+    in, timm style, with today's defaults (see `momo.layers`). A `MoMoModel` built around an encoder
+    with other parts is saved the same way, but `Artifact.load_model` rebuilds the defaults.
+    """
+
+    def __init__(
+        self,
+        config: MoMoConfig,
+        *,
+        attn_layer: AttnFactory = Attention,
+        mlp_layer: MLPFactory = MLP,
+        norm_layer: NormFactory = nn.LayerNorm,
+        act_layer: ActFactory = nn.GELU,
+    ):
         super().__init__()
         self.config = config
         self.image_embed = ImageEmbedding(config)
@@ -90,10 +104,14 @@ class MoMoEncoder(nn.Module):
                     dropout=config.dropout,
                     attention_dropout=config.attention_dropout,
                     eps=config.layer_norm_eps,
+                    attn_layer=attn_layer,
+                    mlp_layer=mlp_layer,
+                    norm_layer=norm_layer,
+                    act_layer=act_layer,
                 )
                 for _ in range(depth)
             ]
-            return Tower(blocks, config.width, config.layer_norm_eps)
+            return Tower(blocks, config.width, config.layer_norm_eps, norm_layer)
 
         if config.towers == "shared":
             self.encoder = tower(config.num_layers)

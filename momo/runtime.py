@@ -11,8 +11,8 @@ arrays back, whatever the backend:
     logits = runtime.head_logits("fashion", pixels=pixels)       # (B, n_labels)
     answers = runtime.answer(pixels, ids, mask, top_k=5)         # VQA head "vqa"
 
-Every backend runs the same three *entry points* (built by `momo.export.EntryPoints`), whose named
-outputs are fixed by `entry_outputs`:
+Every backend runs the same three *entry points* (`momo.entry_points.EntryPoints`), whose named
+outputs are fixed by `momo.graphs.entry_outputs`:
 
 - ``image(pixels)``                  -> embedding (B, E), cls (B, D), logits_<head> for image heads
 - ``text(input_ids, attention_mask)`` -> embedding (B, E), cls (B, D), logits_<head> for text heads
@@ -21,29 +21,34 @@ outputs are fixed by `entry_outputs`:
 Classifier heads are tiny (LayerNorm + Linear over a CLS), so each lives inside the entry point of its
 input kind: one graph call yields embedding, CLS and every head's logits.
 
-Derived graphs (see `momo.export`) are looked up in the artifact directory first; when the artifact
-has none (the committed bundled model ships without them, and a Docker store may be read-only) they
-are exported once into a cache directory, `<cache root>/<sha256 of model.safetensors>/`, where the
-cache root is `cache_dir`, else `$MOMO_CACHE_DIR`, else `~/.cache/momo`. The ONNX path imports torch
-only when it has to export; with graphs present it needs just numpy and onnxruntime.
+Derived graphs (format in `momo.graphs`) are looked up in the artifact directory first; when the
+artifact has none (a fine-tuned version before `momo export`, and a Docker store may be read-only)
+`momo.graphs.ensure_graphs` has them exported once into a cache directory,
+`<cache root>/<sha256 of model.safetensors>/`, where the cache root is `cache_dir`, else
+`$MOMO_CACHE_DIR`, else `~/.cache/momo`. The exporter is passed in (`exporter=`): by default
+`export_with_torch`, which imports torch and onnx only when it runs; `exporter=None` never exports
+and fails with a clear error instead. This module never imports `momo.export`; with graphs present
+the ONNX path needs just numpy, tokenizers and onnxruntime (no torch: a test checks it).
+
+Note on length (~530 lines): the interface (with the validation and post-processing every backend
+shares), its two backends and the factory are one module. Splitting it means four modules
+(interface, ONNX backend, torch backend, factory): a backend module beside the factory alone would
+import the factory's module for the interface while the factory imports it, a circle the
+import-boundary test forbids.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
-import tempfile
-import threading
-import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from momo.artifact import CONFIG_FILE, WEIGHTS_FILE, Artifact, load_artifact, sha256_file
+from momo.artifact import Artifact, load_artifact
+from momo.graphs import ONNX_FILES, GraphExporter, RuntimeLoadError, ensure_graphs, entry_outputs
 from momo.store import ModelStore
 
 __all__ = [
@@ -52,177 +57,19 @@ __all__ = [
     "Runtime",
     "RuntimeLoadError",
     "TorchRuntime",
-    "default_cache_root",
-    "entry_outputs",
+    "export_with_torch",
     "load_runtime",
-    "locate_graphs",
 ]
-
-# --- the on-disk layout of exported graphs (written by momo.export, read here) -------------------
-EXPORT_INFO_FILE = "export.json"
-EXPORT_FORMAT_VERSION = 1
-ENTRY_POINTS = ("image", "text", "pair")
-# format -> entry point -> file. All ONNX graphs of one format share one external-data file that
-# holds every distinct weight tensor once (the three graphs run the same shared transformer).
-ONNX_FILES: dict[str, dict[str, str]] = {
-    "onnx": {e: f"{e}_encoder.onnx" for e in ENTRY_POINTS},
-    "onnx-int8": {e: f"{e}_encoder.int8.onnx" for e in ENTRY_POINTS},
-}
-ONNX_DATA_FILES = {"onnx": "encoders.onnx.data", "onnx-int8": "encoders.int8.onnx.data"}
-TORCHSCRIPT_FILE = "encoders.torchscript.pt"  # one ScriptModule with methods image/text/pair
-TORCH_EXPORT_FILES = {e: f"{e}_encoder.pt2" for e in ENTRY_POINTS}  # torch.export fallback
-FORMATS = ("onnx", "onnx-int8", "torchscript", "torch-export")
 
 RUNTIME_KINDS = ("onnx", "onnx-int8", "torch")
 
 
-class RuntimeLoadError(RuntimeError):
-    """A runtime could not be built (missing backend, unavailable device, unusable graphs)."""
+def export_with_torch(artifact: Artifact, directory: Path, formats: Sequence[str]) -> None:
+    """The default `GraphExporter`: `momo.graph_writer.export_graphs`, imported only when a graph
+    must be exported (it imports torch and onnx)."""
+    from momo.graph_writer import export_graphs
 
-
-def entry_outputs(head_specs: dict[str, Any]) -> dict[str, list[str]]:
-    """Output names of each entry point for an artifact with these heads (name -> spec with `.input`)."""
-
-    def logits(kind: str) -> list[str]:
-        return [f"logits_{name}" for name in sorted(head_specs) if head_specs[name].input == kind]
-
-    return {
-        "image": ["embedding", "cls", *logits("image")],
-        "text": ["embedding", "cls", *logits("text")],
-        "pair": ["cls", *logits("pair")],
-    }
-
-
-def format_files(fmt: str) -> list[str]:
-    """Every file one export format consists of."""
-    if fmt in ONNX_FILES:
-        return [*ONNX_FILES[fmt].values(), ONNX_DATA_FILES[fmt]]
-    if fmt == "torchscript":
-        return [TORCHSCRIPT_FILE]
-    if fmt == "torch-export":
-        return list(TORCH_EXPORT_FILES.values())
-    raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
-
-
-def default_cache_root() -> Path:
-    """`$MOMO_CACHE_DIR`, else `~/.cache/momo`."""
-    env = os.environ.get("MOMO_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "momo"
-
-
-def weights_sha256(artifact: Artifact) -> str:
-    return artifact.manifest.files.get(WEIGHTS_FILE) or sha256_file(artifact.path / WEIGHTS_FILE)
-
-
-def config_sha256(artifact: Artifact) -> str:
-    return artifact.manifest.files.get(CONFIG_FILE) or sha256_file(artifact.path / CONFIG_FILE)
-
-
-def read_export_info(directory: Path) -> dict[str, Any] | None:
-    path = directory / EXPORT_INFO_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _usable(directory: Path, artifact: Artifact, fmt: str, *, check_hashes: bool) -> bool:
-    """Does `directory` hold `fmt` graphs exported from exactly this artifact's weights and config?"""
-    info = read_export_info(directory)
-    if not info or info.get("format_version") != EXPORT_FORMAT_VERSION:
-        return False
-    if info.get("weights_sha256") != weights_sha256(artifact) or info.get("config_sha256") != config_sha256(
-        artifact
-    ):
-        return False
-    entry = info.get("formats", {}).get(fmt)
-    if not entry:
-        return False
-    hashes: dict[str, str] = entry.get("sha256", {})
-    for name in format_files(fmt):
-        path = directory / name
-        if not path.is_file():
-            return False
-        if check_hashes and hashes.get(name) != sha256_file(path):
-            return False
-    return True
-
-
-_EXPORT_LOCK = threading.Lock()
-
-
-def locate_graphs(artifact: Artifact, fmt: str, cache_dir: Path | None = None) -> Path:
-    """The directory holding `fmt` graphs for `artifact`: the artifact itself when it ships them,
-    else `<cache root>/<weights sha256>/`, exporting into it first when needed.
-
-    The artifact's own files were verified against its manifest on load; a cache directory is
-    checked against the sha256s in its `export.json`. Cache writes are atomic (export into a temp
-    directory, then rename), so concurrent processes never see half a cache entry.
-    """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
-    listed = all(name in artifact.manifest.files for name in format_files(fmt))  # hashed by load_artifact
-    if listed and _usable(artifact.path, artifact, fmt, check_hashes=False):
-        return artifact.path
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    target = root / weights_sha256(artifact)
-    with _EXPORT_LOCK:
-        if _usable(target, artifact, fmt, check_hashes=True):
-            return target
-        # Keep what a valid cache entry already has (e.g. "onnx" when "torchscript" is added).
-        info = read_export_info(target)
-        wanted = {fmt}
-        if info and info.get("weights_sha256") == weights_sha256(artifact):
-            wanted |= {f for f in info.get("formats", {}) if _usable(target, artifact, f, check_hashes=False)}
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name[:12]}-", dir=root))
-        except OSError as exc:
-            raise RuntimeLoadError(
-                f"{artifact.path} ships no {fmt} graphs and the cache {root} is not writable ({exc}); "
-                f"run `momo export {artifact.reference}` or set MOMO_CACHE_DIR to a writable directory"
-            ) from exc
-        try:
-            try:
-                from momo.export import export_model  # imports torch (and onnx): only on this path
-            except ImportError as exc:
-                missing = exc.name or "torch/onnx"
-                raise RuntimeLoadError(
-                    f"{artifact.path} ships no {fmt} graphs and exporting them needs {missing} "
-                    f"(install the `onnx` package, or run `momo export {artifact.reference}` where it is)"
-                ) from exc
-            model = artifact.load_model("cpu")
-            export_model(
-                model,
-                tmp,
-                formats=sorted(wanted),
-                weights_sha256=weights_sha256(artifact),
-                config_sha256=config_sha256(artifact),
-            )
-            _swap_into_place(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        if not _usable(target, artifact, fmt, check_hashes=True):
-            raise RuntimeLoadError(f"export into {target} did not produce usable {fmt} graphs")
-        return target
-
-
-def _swap_into_place(new: Path, target: Path) -> None:
-    """Rename `new` onto `target`; an existing (stale or partial) `target` is moved aside first."""
-    try:
-        os.rename(new, target)
-        return
-    except OSError:
-        pass
-    old = target.with_name(f".old-{target.name[:12]}-{uuid.uuid4().hex[:8]}")
-    with contextlib.suppress(OSError):
-        os.rename(target, old)
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    export_graphs(artifact, directory, formats)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -478,9 +325,10 @@ class OnnxRuntime(Runtime):
         int8: bool = False,
         cache_dir: Path | None = None,
         spin: bool | None = None,
+        exporter: GraphExporter | None = export_with_torch,
     ):
         """`spin`: let ONNX Runtime's pool threads busy-wait between ops (default: `$MOMO_ORT_SPIN`,
-        off)."""
+        off). `cache_dir`, `exporter`: where and how missing graphs are exported (`ensure_graphs`)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is in the serve and train extras
@@ -496,7 +344,7 @@ class OnnxRuntime(Runtime):
         providers = (
             ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         )
-        directory = locate_graphs(artifact, fmt, cache_dir)
+        directory = ensure_graphs(artifact, fmt, cache_dir, exporter)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -560,7 +408,10 @@ class TorchRuntime(Runtime):
         threads: int | None = None,
         torchscript: bool = False,
         cache_dir: Path | None = None,
+        exporter: GraphExporter | None = export_with_torch,
     ):
+        """`torchscript`: run the stored (CPU) or freshly traced (CUDA) TorchScript program instead of
+        the eager model; `cache_dir`, `exporter`: where and how a missing program is exported."""
         import torch
 
         if device not in ("auto", "cpu", "cuda"):
@@ -574,7 +425,8 @@ class TorchRuntime(Runtime):
         self.torchscript = torchscript
         self._torch = torch
         self._device = torch.device(resolved)
-        from momo.export import EntryPoints, load_torch_program, trace_entry_points
+        from momo.entry_points import EntryPoints
+        from momo.torch_programs import load_torch_program, trace_entry_points
 
         model = artifact.load_model(resolved)
         self.graph_dir: Path | None = None
@@ -584,13 +436,13 @@ class TorchRuntime(Runtime):
             self.program = trace_entry_points(model)
         else:
             try:
-                self.graph_dir = locate_graphs(artifact, "torchscript", cache_dir)
+                self.graph_dir = ensure_graphs(artifact, "torchscript", cache_dir, exporter)
                 self.program = load_torch_program(self.graph_dir, "torchscript")
             except RuntimeLoadError:
                 raise
             except Exception as exc:  # TorchScript unavailable: fall back to torch.export programs
                 try:
-                    self.graph_dir = locate_graphs(artifact, "torch-export", cache_dir)
+                    self.graph_dir = ensure_graphs(artifact, "torch-export", cache_dir, exporter)
                     self.program = load_torch_program(self.graph_dir, "torch-export")
                 except Exception as inner:
                     raise RuntimeLoadError(
@@ -630,6 +482,7 @@ def load_runtime(
     torchscript: bool = False,
     cache_dir: Path | None = None,
     warmup: bool = True,
+    exporter: GraphExporter | None = export_with_torch,
 ) -> Runtime:
     """Load a runtime for a store reference ("name", "name:version", "active"/None, a directory path)
     or an already loaded `Artifact`.
@@ -638,6 +491,7 @@ def load_runtime(
     or TorchScript with `torchscript=True`; "torchscript" is accepted as a shorthand).
     device: "auto" (CUDA when the backend has it, else CPU), "cpu" or "cuda".
     threads: intra-op threads (ONNX Runtime per session; torch process-wide); None = backend default.
+    cache_dir, exporter: where missing graphs are cached and what exports them (None: never export).
     The runtime is warmed up before it is returned unless `warmup=False`.
     """
     if isinstance(reference, Artifact):
@@ -653,11 +507,21 @@ def load_runtime(
     runtime: Runtime
     if kind in ("onnx", "onnx-int8"):
         runtime = OnnxRuntime(
-            artifact, device=device, threads=threads, int8=kind == "onnx-int8", cache_dir=cache_dir
+            artifact,
+            device=device,
+            threads=threads,
+            int8=kind == "onnx-int8",
+            cache_dir=cache_dir,
+            exporter=exporter,
         )
     elif kind == "torch":
         runtime = TorchRuntime(
-            artifact, device=device, threads=threads, torchscript=torchscript, cache_dir=cache_dir
+            artifact,
+            device=device,
+            threads=threads,
+            torchscript=torchscript,
+            cache_dir=cache_dir,
+            exporter=exporter,
         )
     else:
         raise ValueError(f"unknown runtime kind {kind!r}; known: {', '.join(RUNTIME_KINDS)}, torchscript")

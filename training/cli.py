@@ -12,7 +12,7 @@ COMMAND_MODULES = (
     "training.pretrain",  # momo pretrain
     "training.export",  # momo export
     "training.evaluation.commands",  # momo eval
-    "training.finetune",  # momo finetune
+    "training.finetune.cli",  # momo finetune
     "training.ablation",  # momo ablate
 )
 

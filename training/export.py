@@ -1,7 +1,7 @@
 """`momo export NAME[:VERSION]`: write ONNX graphs (and a TorchScript program) into an artifact.
 
-The export library is `momo.export` (the service's runtime uses it too, to export into a cache when
-an artifact ships without graphs); this module only adds the command. Heavy imports (torch, onnx,
+The export library is `momo.export` (into an artifact; the runtime fills its cache through
+`momo.graph_writer`, the writer both share); this module only adds the command. Heavy imports (torch, onnx,
 onnxruntime) stay inside the command body so `momo --help` stays fast.
 """
 

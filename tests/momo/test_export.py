@@ -20,9 +20,9 @@ from momo.export import (
     parity_inputs,
     parity_report,
 )
+from momo.graphs import EXPORT_INFO_FILE, ONNX_DATA_FILES, ONNX_FILES, entry_outputs, format_files
 from momo.heads import HeadSpec
 from momo.model import MoMoModel
-from momo.runtime import EXPORT_INFO_FILE, ONNX_DATA_FILES, ONNX_FILES, entry_outputs, format_files
 from momo.store import ModelStore
 from momo.tokenizer import MoMoTokenizer
 from tests.factories import random_model, register_random

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from momo.artifact import Manifest, load_artifact, save_artifact
+from momo.artifact import Artifact, Manifest, load_artifact, save_artifact
 from momo.config import MoMoConfig, get_preset
 from momo.export import export_artifact
+from momo.graphs import EXPORT_INFO_FILE, ONNX_FILES, weights_sha256
 from momo.heads import HeadSpec
-from momo.runtime import (
-    EXPORT_INFO_FILE,
-    ONNX_FILES,
-    Runtime,
-    RuntimeLoadError,
-    load_runtime,
-    weights_sha256,
-)
+from momo.runtime import Runtime, RuntimeLoadError, export_with_torch, load_runtime
 from momo.store import ModelStore, VersionInfo
 from momo.tokenizer import MoMoTokenizer
 from tests.factories import VQA_ANSWERS, random_model
@@ -135,6 +130,26 @@ def test_cache_export_when_artifact_has_no_graphs(setup: dict) -> None:
     runtime = load_runtime(info.reference, "onnx", store=setup["store"], cache_dir=cache, warmup=False)
     assert runtime.describe()["graphs"] == str(target)
     assert (target / ONNX_FILES["onnx"]["image"]).stat().st_mtime_ns == stamp
+
+
+def test_the_exporter_is_passed_in(tmp_path: Path, setup: dict) -> None:
+    """Missing graphs are exported by the exporter the caller passes; with none, a clear error."""
+    info, cache = setup["info"], setup["cache"]
+    with pytest.raises(RuntimeLoadError, match="momo export"):
+        load_runtime(info.path, "onnx", cache_dir=tmp_path / "empty", exporter=None, warmup=False)
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
+    # graphs already in the cache need no exporter at all
+    runtime = load_runtime(info.path, "onnx", cache_dir=cache, exporter=None, warmup=False)
+    assert runtime.describe()["graphs"] == str(cache / weights_sha256(runtime.artifact))
+    calls: list[tuple[Path, list[str]]] = []
+
+    def exporter(artifact: Artifact, directory: Path, formats: Sequence[str]) -> None:
+        calls.append((directory, list(formats)))
+        export_with_torch(artifact, directory, formats)
+
+    load_runtime(info.path, "onnx", cache_dir=tmp_path / "spy", exporter=exporter, warmup=False)
+    assert [formats for _, formats in calls] == [["onnx"]]
+    assert calls[0][0].parent == tmp_path / "spy"  # a temp directory, renamed into place after
 
 
 def test_corrupt_cache_entry_is_rebuilt(tmp_path: Path, setup: dict) -> None:

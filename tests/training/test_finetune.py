@@ -194,7 +194,7 @@ def test_allowed_root_refuses_images_outside(
 def test_finetune_command(micro_data: Path, base: tuple[ModelStore, str]) -> None:
     import typer
 
-    from training.finetune import register
+    from training.finetune.cli import register
 
     store, base_ref = base
     app = typer.Typer()
