@@ -10,12 +10,9 @@ service needs, with their label vocabularies in `heads.json`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from momo.head_modules import ClassifierHead, TokenHead, build_head
-
-__all__ = ["ITM_SPEC", "ClassifierHead", "HeadInput", "HeadSpec", "TokenHead", "build_head"]
+__all__ = ["ITM_SPEC", "HeadInput", "HeadSpec"]
 
 HeadInput = Literal["image", "text", "pair"]
 
@@ -39,15 +36,3 @@ class HeadSpec:
 
 
 ITM_SPEC = HeadSpec(input="pair", labels=["no_match", "match"], task="itm")
-
-_TORCH_NAMES = frozenset({"ClassifierHead", "TokenHead", "build_head"})
-
-
-def __getattr__(name: str) -> Any:
-    """The torch modules, still importable from here (`from momo.heads import TokenHead`): loaded
-    from `momo.head_modules` on first use, so importing a spec never imports torch."""
-    if name in _TORCH_NAMES:
-        from momo import head_modules
-
-        return getattr(head_modules, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

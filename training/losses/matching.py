@@ -11,7 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from momo.heads import ITM_SPEC, ClassifierHead, build_head
+from momo.head_modules import ClassifierHead, build_head
+from momo.heads import ITM_SPEC
 from momo.model import MoMoEncoder
 from training.data import shapes as shapes_world
 from training.losses.base import Batch, Objective

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from momo.heads import TokenHead
+from momo.head_modules import TokenHead
 from momo.model import MoMoEncoder
 from training.losses.base import Batch, Objective, TokenInfo
 from training.masking import IGNORE_INDEX, mask_tokens

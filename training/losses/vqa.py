@@ -7,7 +7,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from momo.heads import ClassifierHead, HeadSpec, build_head
+from momo.head_modules import ClassifierHead, build_head
+from momo.heads import HeadSpec
 from momo.model import MoMoEncoder
 from training.losses.base import Batch, Objective
 
