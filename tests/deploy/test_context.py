@@ -36,7 +36,8 @@ NEVER_IN_CONTEXT = [
     "service/routers/__pycache__/ops.cpython-311.pyc",
     "momo.egg-info/PKG-INFO",
     "model_store/active.json",
-    "model_store/momo-tiny/v2/model.safetensors",
+    "model_store/momo-tiny/v1/model.safetensors",  # only the bundled version is baked in
+    "model_store/momo-tiny/v3/model.safetensors",
     "model_store/momo-tiny/.tmp-abc/model.safetensors",
     "model_store/other/v1/config.json",
     "docker-compose.yml",
