@@ -94,7 +94,19 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
     # --- micro-batching ----------------------------------------------------------------------------
     batching: bool = Field(default=True, description="Micro-batching on (off = batches of one).")
     max_batch: int = Field(default=32, ge=1, le=4096, description="Items per inference batch.")
-    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000, description="Longest wait to fill a batch.")
+    max_batch_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Text batches: at most this many padded tokens (items x longest); default: "
+        "max_batch x the model's text length.",
+    )
+    max_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description="A free inference worker lingers this long for a fuller batch (0: it takes what "
+        "is queued at once; batches grow while it is busy).",
+    )
     queue_size: int = Field(default=1024, ge=1, description="Items waiting per queue before 429.")
     request_timeout_s: float = Field(
         default=60.0, gt=0, description="Longest wait for an inference result (503)."

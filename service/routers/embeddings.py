@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from service.deps import ModelDep, Services, ServicesDep
 from service.engine import ModelHandle
 from service.errors import bad_request
-from service.inputs import Parsed, check_model, image_tokens, load_images, parse_inputs, tokenize
+from service.inputs import Images, Parsed, check_model, check_texts, image_tokens, load_images, parse_inputs
 from service.schemas import EmbeddingRequest, EmbeddingResponse
 
 router = APIRouter(tags=["embeddings"])
@@ -40,37 +40,44 @@ async def embed_parsed(
     names = [f"{param}[{i}]" if many else param for i in range(len(parsed))]
     text_idx = [i for i, p in enumerate(parsed) if p.modality == "text"]
     image_idx = [i for i, p in enumerate(parsed) if p.modality == "image"]
-    prep = await tokenize(
-        handle, [parsed[i].text or "" for i in text_idx], settings, [names[i] for i in text_idx]
-    )
-    images = await load_images(
-        handle,
-        [parsed[i].image or "" for i in image_idx],
-        settings,
-        fetcher,
-        [names[i] for i in image_idx],
-        thumbnails=[parsed[i].thumbnail for i in image_idx],
-    )
-    text_vecs, image_vecs = await asyncio.gather(
-        handle.embed_texts(prep.rows), handle.embed_images(images.pixels)
-    )
-    out = np.empty((len(parsed), handle.dim), dtype=np.float32)
-    if text_idx:
-        out[text_idx] = text_vecs
-    if image_idx:
+    texts = [parsed[i].text or "" for i in text_idx]
+    text_names = [names[i] for i in text_idx]
+    check_texts(texts, settings, text_names)
+    if not image_idx:  # the hot path: texts only (tokenised in the text queue)
+        text_out = await handle.embed_texts(texts, text_names)
+        images = Images([], [])
+        image_vecs = None
+    else:
+        images = await load_images(
+            handle,
+            [parsed[i].image or "" for i in image_idx],
+            settings,
+            fetcher,
+            [names[i] for i in image_idx],
+            thumbnails=[parsed[i].thumbnail for i in image_idx],
+        )
+        text_out, image_vecs = await asyncio.gather(
+            handle.embed_texts(texts, text_names), handle.embed_images(images.pixels)
+        )
+    if not image_idx:
+        out = text_out.vectors
+    else:
+        out = np.empty((len(parsed), handle.dim), dtype=np.float32)
+        if text_idx:
+            out[text_idx] = text_out.vectors
         out[image_idx] = image_vecs
     if text_idx:
         metrics.inputs.labels("text").inc(len(text_idx))
-        metrics.tokens.inc(prep.total_tokens)
-        if prep.truncated:
-            metrics.truncated.inc(len(prep.truncated))
+        metrics.tokens.inc(text_out.total_tokens)
+        if text_out.truncated:
+            metrics.truncated.inc(len(text_out.truncated))
     if image_idx:
         metrics.inputs.labels("image").inc(len(image_idx))
-    tokens = prep.total_tokens + len(image_idx) * image_tokens(handle)
+    tokens = text_out.total_tokens + len(image_idx) * image_tokens(handle)
     thumbnails: list[str | None] = [None] * len(parsed)
     for i, thumbnail in zip(image_idx, images.thumbnails, strict=True):
         thumbnails[i] = thumbnail
-    return Embedded(out, tokens, len(prep.truncated), thumbnails)
+    return Embedded(out, tokens, len(text_out.truncated), thumbnails)
 
 
 def usage(tokens: int, truncated: int) -> dict[str, int]:
