@@ -124,7 +124,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.auth_enabled:  # outside the body limit: a request without a key never reaches it
         app.add_middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=public_paths(settings))
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        access_log_enabled=settings.access_log,
+        access_log_sample=settings.access_log_sample,
+    )
     return app
 
 

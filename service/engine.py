@@ -505,15 +505,20 @@ class Engine:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
     # --- use ------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def use(self) -> Iterator[ModelHandle]:
-        """Pin the current model for the duration of one request."""
+    def acquire(self) -> ModelHandle:
+        """Pin the current model (release with `handle._leave()`); 503 when none is loaded."""
         with self._lock:
             handle = self.current
             if handle is not None:
                 handle._enter()
         if handle is None:
             raise unavailable(self.load_error or "no model is loaded", "model_not_loaded", retry_after=30)
+        return handle
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[ModelHandle]:
+        """Pin the current model for the duration of one request."""
+        handle = self.acquire()
         try:
             yield handle
         finally:

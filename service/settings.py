@@ -143,7 +143,14 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
 
     # --- ops ---------------------------------------------------------------------------------------
     log_level: str = Field(default="info", description="Logging level.")
-    log_json: bool = Field(default=True, description="Structured JSON logs (one line per request).")
+    log_json: bool = Field(default=True, description="Structured JSON logs.")
+    access_log: bool = Field(default=True, description="The access log: a line per request (see the sample).")
+    access_log_sample: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of successful requests logged (errors always are); 0: errors only.",
+    )
     docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
     ui_enabled: bool = Field(default=True, description="Serve the web playground at /ui.")
     gc_freeze: bool = Field(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ from service.deps import ModelDep, Services, ServicesDep
 from service.engine import ModelHandle
 from service.errors import bad_request
 from service.inputs import Images, Parsed, check_model, check_texts, image_tokens, load_images, parse_inputs
+from service.responses import encode_json
 from service.schemas import EmbeddingRequest, EmbeddingResponse
 
 router = APIRouter(tags=["embeddings"])
@@ -100,11 +101,13 @@ async def create_embeddings(body: EmbeddingRequest, handle: ModelDep, services: 
         )
     parsed = parse_inputs(body.input, body.modality, services.settings)
     embedded = await embed_parsed(handle, parsed, services)
+    vectors = np.ascontiguousarray(embedded.vectors, dtype=np.float32)
+    embeddings: Sequence[object]
     if body.encoding_format == "base64":
-        little = embedded.vectors.astype("<f4", copy=False)
-        embeddings: list[object] = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
+        little = vectors.astype("<f4", copy=False)
+        embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
     else:
-        embeddings = embedded.vectors.tolist()
+        embeddings = list(vectors)  # rows go to orjson as numpy arrays (no .tolist())
     content = {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)],
@@ -112,4 +115,4 @@ async def create_embeddings(body: EmbeddingRequest, handle: ModelDep, services: 
         "usage": usage(embedded.tokens, embedded.truncated),
     }
     # Returned directly (not through response_model validation): the hot path stays cheap.
-    return Response(json.dumps(content, separators=(",", ":")), media_type="application/json")
+    return Response(encode_json(content), media_type="application/json")
