@@ -14,9 +14,13 @@ model endpoints answer 503, and activating a version (POST /v1/models/{id}/activ
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -61,14 +65,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await jobs.start()  # refuses to start on a job-database schema mismatch
-        # schema migrations; collections of the old on-disk format are copied in on first start
-        await asyncio.to_thread(open_store, collection_store, settings.data_dir / "collections")
+        # Schema creation and migrations, one process at a time: `--workers N` start side by side on
+        # one data_dir, and two processes creating the same tables at once fail ("already exists").
+        async with startup_lock(settings.data_dir / ".startup.lock"):
+            await jobs.start()  # refuses to start on a job-database schema mismatch
+            # schema migrations; collections of the old on-disk format are copied in on first start
+            await asyncio.to_thread(open_store, collection_store, settings.data_dir / "collections")
         for collection in await asyncio.to_thread(collection_store.list_collections):
             metrics.collection_items.labels(collection.name).set(collection.count)
         await engine.start()
         if settings.gc_freeze:
             await asyncio.to_thread(freeze_heap)
+        background = []
+        if settings.follow_interval_s > 0:  # activations made by other workers / replicas
+            background.append(asyncio.create_task(engine.follow_active(settings.follow_interval_s)))
+        if (settings.workers or 1) > 1:  # a dead inference thread ends this worker; uvicorn starts anew
+            background.append(asyncio.create_task(engine.watch_workers(1.0, _exit_worker)))
         log.info(
             "ready" if engine.current else "started without a model",
             extra={"auth": "on" if settings.auth_enabled else "off"},
@@ -76,9 +88,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await engine.close()
             await asyncio.to_thread(collection_store.close)
             await jobs.stop()
+            metrics.process_exit()
             log.info("stopped")
 
     app = FastAPI(
@@ -131,6 +147,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         access_log_sample=settings.access_log_sample,
     )
     return app
+
+
+@asynccontextmanager
+async def startup_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive lock on `path` across processes (flock; released when the file is closed)."""
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _exit_worker(reason: str) -> None:
+    log.error("%s: this API worker exits so that a fresh one takes its place", reason)
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown; its supervisor restarts it
 
 
 def public_paths(settings: Settings) -> set[str]:

@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -540,7 +541,47 @@ class Engine:
             "model": handle.reference,
             "runtime": handle.kind,
             "device": handle.device,
+            "pid": os.getpid(),
         }
+
+    # --- several workers (and replicas) on one store -------------------------------------------------
+    async def follow_active(self, interval_s: float) -> None:
+        """Serve the store's active version whenever it changes (another worker or replica, or
+        `momo models activate`, moved it): how a hot swap reaches every worker. Runs until cancelled."""
+        seen = await asyncio.to_thread(self._active_reference)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                active = await asyncio.to_thread(self._active_reference)
+                if active is None or active == seen:
+                    continue
+                seen = active
+                current = self.current
+                if current is not None and current.reference == active:
+                    continue
+                log.info("the store's active version is now %s: following", active)
+                await self.activate(active, persist=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a half-written store, a bad version: keep serving, retry later
+                log.warning("cannot follow the store's active version: %s", exc)
+
+    def _active_reference(self) -> str | None:
+        try:
+            active = self.store.active()
+        except (StoreError, OSError, ValueError, KeyError):
+            return None
+        return f"{active[0]}:{active[1]}" if active else None
+
+    async def watch_workers(self, interval_s: float, on_dead: Any) -> None:
+        """Call `on_dead(reason)` once when an inference thread of the served model has died (with
+        several API processes, the process then exits and its supervisor starts a fresh one)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            ok, detail = self.readiness()
+            if not ok and self.current is not None:
+                on_dead(str(detail.get("reason")))
+                return
 
     def queue_states(self) -> dict[str, tuple[int, bool]]:
         handle = self.current

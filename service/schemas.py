@@ -294,4 +294,5 @@ class Readiness(BaseModel):
     model: str | None = None
     runtime: str | None = None
     device: str | None = None
+    pid: int | None = None  # the API process that answered (one of `workers`)
     reason: str | None = None

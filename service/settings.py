@@ -32,6 +32,13 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
     header_timeout_s: float = Field(
         default=15.0, gt=0, description="A request head must arrive within this time (slow clients)."
     )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="API processes sharing the port (each loads the model once, intra-op threads split "
+        "between them); default: one per CPU core up to 8 on CPU, 1 on a GPU.",
+    )
     limit_concurrency: int = Field(
         default=1024, ge=1, description="Connections and requests held at once; above it, 503."
     )
@@ -49,6 +56,12 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
         default=None, ge=1, description="Intra-op threads of the runtime (default: its own)."
     )
     torchscript: bool = Field(default=False, description="torch runtime: run a TorchScript trace.")
+    model_follow_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Follow the store's active version, checked this often (seconds; 0: off): how an "
+        "activation reaches every worker and replica. Default: 1 with several workers, else off.",
+    )
     runtime_cache_dir: Path | None = Field(default=None, description="Where exported graphs are cached.")
 
     # --- data --------------------------------------------------------------------------------------
@@ -180,6 +193,12 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
                 "or disable authentication explicitly with MOMO_AUTH_DISABLED=true (--auth-disabled)"
             )
         return self
+
+    @property
+    def follow_interval_s(self) -> float:
+        if self.model_follow_s is not None:
+            return self.model_follow_s
+        return 1.0 if (self.workers or 1) > 1 else 0.0
 
     @property
     def effective_max_batch(self) -> int:

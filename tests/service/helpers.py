@@ -153,6 +153,7 @@ class ServeProcess:
             "runtime": "torch",
             "device": "cpu",
             "threads": 1,
+            "workers": 1,
             "api_keys": API_KEY,
             "log_level": "warning",
             "gc_freeze": False,
