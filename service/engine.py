@@ -116,7 +116,9 @@ class PairPayload:
 
 
 class ModelHandle:
-    def __init__(self, runtime: Any, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, runtime: Any, settings: Settings, metrics: Metrics | None = None, kind: str | None = None
+    ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.metrics = metrics
@@ -130,7 +132,8 @@ class ModelHandle:
         self.dim = int(artifact.config.embed_dim)
         self.heads = dict(artifact.heads.heads)
         self.temperature = float(artifact.heads.temperature)
-        self.kind = str(runtime.kind)
+        self.kind = kind or str(runtime.kind)
+        self.runtime_choice: dict[str, Any] | None = None  # runtime=auto: what was measured
         self.device = str(runtime.device)
         self.loaded_at = time.time()
         self.label_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
@@ -330,6 +333,7 @@ class ModelHandle:
             "version": self.version,
             "reference": self.reference,
             "runtime": self.kind,
+            "runtime_selection": self.runtime_choice,
             "device": self.device,
             "embedding_dim": self.dim,
             "loaded_at": int(self.loaded_at),
@@ -395,18 +399,50 @@ class Engine:
         from momo.runtime import load_runtime  # imported lazily: numpy-only until a model is loaded
 
         s = self.settings
-        runtime = load_runtime(
-            reference,
-            kind=s.runtime,
-            store=self.store,
-            device=s.device,
-            threads=s.threads,
-            torchscript=s.torchscript,
-            cache_dir=s.runtime_cache_dir,
-        )
-        handle = ModelHandle(runtime, s, self.metrics)
+        if s.runtime == "auto":
+            runtime, choice = self._load_fastest(reference)
+            handle = ModelHandle(runtime, s, self.metrics, kind=choice.chosen)
+            handle.runtime_choice = choice.report()
+        else:
+            runtime = load_runtime(
+                reference,
+                kind=s.runtime,
+                store=self.store,
+                device=s.device,
+                threads=s.threads,
+                torchscript=s.torchscript,
+                cache_dir=s.runtime_cache_dir,
+            )
+            handle = ModelHandle(runtime, s, self.metrics)
         handle.start()
         return handle
+
+    def _load_fastest(self, reference: str | None) -> tuple[Any, Any]:
+        """`runtime=auto` (service/runtime_choice.py)."""
+        from momo.artifact import load_artifact
+        from momo.runtime import load_runtime, weights_sha256
+        from service import runtime_choice
+
+        s = self.settings
+        if reference is not None and (Path(reference) / "manifest.json").is_file():
+            artifact = load_artifact(reference)
+        else:
+            artifact = self.store.load(reference)
+
+        def load(kind: str) -> Any:
+            return load_runtime(
+                artifact, kind=kind, device=s.device, threads=s.threads, cache_dir=s.runtime_cache_dir
+            )
+
+        key = f"{weights_sha256(artifact)}|{s.device}|threads={s.threads}|batch={s.effective_max_batch}"
+        return runtime_choice.choose(
+            load,
+            artifact,
+            batch=s.effective_max_batch,
+            tolerance=s.runtime_auto_tolerance,
+            key=key,
+            data_dir=s.data_dir,
+        )
 
     async def start(self) -> None:
         """Load the configured (or active) model. With none in the store, stay up but not ready."""

@@ -48,7 +48,15 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
     model: str | None = Field(
         default=None, description="Model to serve: name, name:version or path; default: active."
     )
-    runtime: Literal["onnx", "onnx-int8", "torch"] = Field(default="onnx", description="Inference runtime.")
+    runtime: Literal["onnx", "onnx-int8", "torch", "torchscript", "auto"] = Field(
+        default="onnx",
+        description="Inference runtime; auto: the fastest at warm-up within parity (shown by /v1/models).",
+    )
+    runtime_auto_tolerance: float = Field(
+        default=2e-3,
+        gt=0,
+        description="runtime=auto: largest absolute embedding difference to ONNX fp32 a candidate may have.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto (GPU when present) | cpu | cuda."
     )
