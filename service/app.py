@@ -21,6 +21,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -48,7 +49,7 @@ answering. Authenticate with `Authorization: Bearer <key>` (unless the server ru
 Errors are `{"error": {"message", "type", "code"}}`."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, span_exporter: Any = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     configure_logging(settings.log_level, settings.log_json)
     metrics = Metrics()
@@ -146,6 +147,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         access_log_enabled=settings.access_log,
         access_log_sample=settings.access_log_sample,
     )
+    if settings.tracing:  # outermost: the request span covers every layer; imported only when on
+        from service.tracing import setup_tracing
+
+        engine.tracer = setup_tracing(app, settings, exporter=span_exporter)
     return app
 
 

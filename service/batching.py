@@ -79,6 +79,7 @@ class _Item:
     seq: int = field(default_factory=lambda: next(_seq))
     prepared: Any = None
     cost: int = 1
+    trace: Any = None  # the request's tracing context (tracing on)
 
 
 @dataclass(eq=False)
@@ -87,6 +88,9 @@ class _Batch:
     items: list[_Item]
     collated: Any = None
     collate_error: Exception | None = None
+    taken: float = 0.0  # when core took it, and ran the model (monotonic): for tracing
+    run_started: float = 0.0
+    run_ended: float = 0.0
 
 
 def _unloaded(op: str, payloads: Any) -> Sequence[Any]:
@@ -137,8 +141,10 @@ class BatchQueue:
         max_batch_tokens: int | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
         in_flight: Callable[[], int] | None = None,
+        tracer: Any = None,
     ) -> None:
         self.name = name
+        self._tracer = tracer  # service.tracing.BatchTracer, or None (tracing off)
         self._process = process
         self._prepare = prepare or _identity_prepare
         self._collate = collate or _as_list
@@ -227,9 +233,10 @@ class BatchQueue:
             if self.depth + len(payloads) > self.capacity:
                 raise QueueFull(self.name, self.retry_after_s())
             futures: list[asyncio.Future[Any]] = []
+            trace = self._tracer.capture() if self._tracer is not None else None
             for payload in payloads:
                 future: asyncio.Future[Any] = loop.create_future()
-                self._raw.append(_Item(op, payload, future, loop))
+                self._raw.append(_Item(op, payload, future, loop, trace=trace))
                 futures.append(future)
             self._cond.notify_all()
         return futures
@@ -463,6 +470,7 @@ class BatchQueue:
         items = [item for item in batch.items if not item.future.done()]
         if not items:
             return
+        batch.taken = time.monotonic()
         started = time.perf_counter()
         try:
             if batch.collate_error is not None:
@@ -472,7 +480,9 @@ class BatchQueue:
                 self._collate_batch(batch)
                 if batch.collate_error is not None:
                     raise batch.collate_error
+            batch.run_started = time.monotonic()
             outputs = list(self._process(batch.op, batch.collated))
+            batch.run_ended = time.monotonic()
             if len(outputs) != len(items):
                 raise RuntimeError(f"{self.name}/{batch.op}: {len(outputs)} results for {len(items)} inputs")
         except Exception as exc:
@@ -511,6 +521,12 @@ class BatchQueue:
             if job is None:
                 return
             batch, outputs = job
+            if self._tracer is not None and batch.run_ended:
+                with contextlib.suppress(Exception):
+                    items = [(item.trace, item.enqueued) for item in batch.items]
+                    self._tracer.record(
+                        self.name, batch.op, items, batch.taken, batch.run_started, batch.run_ended
+                    )
             outcomes: list[tuple[_Item, Any, BaseException | None]] = []
             for item, output in zip(batch.items, outputs, strict=True):
                 try:

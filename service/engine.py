@@ -117,7 +117,12 @@ class PairPayload:
 
 class ModelHandle:
     def __init__(
-        self, runtime: Any, settings: Settings, metrics: Metrics | None = None, kind: str | None = None
+        self,
+        runtime: Any,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        kind: str | None = None,
+        tracer: Any = None,
     ) -> None:
         self.runtime = runtime
         self.settings = settings
@@ -148,6 +153,7 @@ class ModelHandle:
             "capacity": settings.queue_size,
             "on_batch": on_batch,
             "in_flight": self._in_flight_count,
+            "tracer": tracer,
         }
         self.queues = {
             # texts are tokenised in the queue's pre stage (one batch call) and batched by tokens
@@ -391,6 +397,7 @@ class Engine:
         self._activate_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.activating: str | None = None
+        self.tracer: Any = None  # service.tracing.BatchTracer when tracing is on (set by create_app)
         if metrics is not None:
             metrics.watch_queues(self.queue_states)
 
@@ -401,7 +408,7 @@ class Engine:
         s = self.settings
         if s.runtime == "auto":
             runtime, choice = self._load_fastest(reference)
-            handle = ModelHandle(runtime, s, self.metrics, kind=choice.chosen)
+            handle = ModelHandle(runtime, s, self.metrics, kind=choice.chosen, tracer=self.tracer)
             handle.runtime_choice = choice.report()
         else:
             runtime = load_runtime(
@@ -413,7 +420,7 @@ class Engine:
                 torchscript=s.torchscript,
                 cache_dir=s.runtime_cache_dir,
             )
-            handle = ModelHandle(runtime, s, self.metrics)
+            handle = ModelHandle(runtime, s, self.metrics, tracer=self.tracer)
         handle.start()
         return handle
 

@@ -174,6 +174,14 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
     )
     docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
     ui_enabled: bool = Field(default=True, description="Serve the web playground at /ui.")
+    tracing: bool = Field(
+        default=False, description="OpenTelemetry spans over OTLP (needs `pip install momo[tracing]`)."
+    )
+    tracing_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces (default: OTEL_* vars).",
+    )
+    tracing_service_name: str = Field(default="momo", description="service.name of the spans.")
     gc_freeze: bool = Field(
         default=True, description="Freeze the start-up heap out of the cyclic GC (fewer latency spikes)."
     )

@@ -83,9 +83,9 @@ def settings_env(values: dict[str, Any]) -> dict[str, str]:
 class LiveServer:
     """uvicorn serving `create_app(settings)` on 127.0.0.1:<free port>, in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app: Any = None) -> None:
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = app if app is not None else create_app(settings)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
