@@ -18,7 +18,8 @@ threads per queue work on them side by side:
 A batch holds one operation, at most `max_batch` items and, with a `cost`, at most
 `max_batch_tokens` padded tokens (items x the longest item; TEI's `max_batch_tokens`): it is grown
 around the oldest item (so nothing starves) from its neighbours in length order, so that one long
-text does not pad a batch of short ones. One item over the budget still goes, alone.
+text does not pad a batch of short ones (each step takes the neighbour that adds the least padding).
+One item over the budget still goes, alone.
 
 Failure isolation: `prepare` may return an exception instance for one item (it fails that item's
 request); if a batched `prepare` or model call raises, its items are retried one by one, so a bad
@@ -116,6 +117,12 @@ def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+def _time_out(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(TimeoutError())
 
 
 def _resolve_all(resolutions: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -245,26 +252,33 @@ class BatchQueue:
         self, op: str, payloads: Sequence[Any], timeout: float, *, return_exceptions: bool = False
     ) -> list[Any]:
         """Submit and wait for every result: the first failure is raised, or with
-        `return_exceptions` each item's exception takes its result's place."""
+        `return_exceptions` each item's exception takes its result's place. After `timeout`
+        seconds the unfinished ones fail with TimeoutError (one timer, not a `wait_for` per call)."""
         if not payloads:
             return []
         futures = self.submit_many(op, payloads)
+        timer = asyncio.get_running_loop().call_later(timeout, _time_out, futures)
         try:
             if len(futures) == 1:
                 try:
-                    return [await asyncio.wait_for(futures[0], timeout)]
+                    return [await futures[0]]
                 except (TimeoutError, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    if return_exceptions:
-                        return [exc]
-                    raise
-            gathered = asyncio.gather(*futures, return_exceptions=return_exceptions)
-            return list(await asyncio.wait_for(gathered, timeout))
+                    if not return_exceptions:
+                        raise
+                    return [exc]
+            results = list(await asyncio.gather(*futures, return_exceptions=return_exceptions))
+            for result in results:
+                if isinstance(result, TimeoutError):
+                    raise result
+            return results
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
+        finally:
+            timer.cancel()
 
     # --- the stage threads ----------------------------------------------------------------------------
     def _guard(self, stage: Callable[[], None]) -> None:
@@ -364,7 +378,8 @@ class BatchQueue:
 
     def _form_locked(self) -> _Batch | None:
         """Take the next batch from the pools (call with the lock held): the op of the oldest item,
-        grown around it in length order within `max_batch` and `max_batch_tokens`."""
+        grown around it in length order, each time by the neighbour that adds the least padding,
+        within `max_batch` and `max_batch_tokens`."""
         for op in list(self._pools):
             pool = self._pools[op]
             live = [entry for entry in pool if not entry[2].future.done()]
@@ -381,13 +396,21 @@ class BatchQueue:
         lo = hi = anchor
         budget = self.max_batch_tokens
         while hi - lo + 1 < self.max_batch:
-            size = hi - lo + 1
-            if lo > 0 and (budget is None or (size + 1) * pool[hi][0] <= budget):
-                lo -= 1  # a shorter neighbour: pads nothing more
-            elif hi + 1 < len(pool) and (budget is None or (size + 1) * pool[hi + 1][0] <= budget):
-                hi += 1
-            else:
+            size, longest = hi - lo + 1, pool[hi][0]
+            # the padding each neighbour would add: a shorter one is padded up to the longest; a
+            # longer one pads every item already in (pool is sorted by cost, so hi is the longest)
+            left = longest - pool[lo - 1][0] if lo > 0 else None
+            right = (pool[hi + 1][0] - longest) * size if hi + 1 < len(pool) else None
+            if right is not None and budget is not None and (size + 1) * pool[hi + 1][0] > budget:
+                right = None
+            if left is not None and budget is not None and (size + 1) * longest > budget:
+                left = None
+            if left is None and right is None:
                 break
+            if right is None or (left is not None and left <= right):
+                lo -= 1
+            else:
+                hi += 1
         taken = pool[lo : hi + 1]
         del pool[lo : hi + 1]
         if not pool:

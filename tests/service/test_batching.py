@@ -303,3 +303,26 @@ def test_pipelined_failures_stay_with_their_own_request() -> None:
     assert isinstance(results[4], ValueError)
     assert queue.alive
     queue.stop()
+
+
+def test_a_request_past_its_timeout_gets_timeout_error_and_the_queue_goes_on() -> None:
+    release = threading.Event()
+
+    def process(op: str, payloads: list[int]) -> list[int]:
+        if 0 in payloads:
+            release.wait(10)
+        return payloads
+
+    queue = _queue(process, max_wait_s=0)
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await queue.run("op", [0], timeout=0.05)
+        with pytest.raises(TimeoutError):
+            await queue.run("op", [0, 0], timeout=0.05, return_exceptions=True)
+        release.set()
+        assert await queue.run("op", [1, 2], timeout=5) == [1, 2]
+
+    asyncio.run(main())
+    assert queue.alive
+    queue.stop()
