@@ -163,7 +163,10 @@ class BatchQueue:
         self.capacity = max(1, capacity)
         self._on_batch = on_batch
         self._in_flight = in_flight
-        self._cond = threading.Condition()
+        # one lock, two conditions: a submit wakes pre alone (not core, which has nothing to do yet)
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # core waits on it
+        self._pre_cond = threading.Condition(lock)  # pre waits on it
         self._raw: collections.deque[_Item] = collections.deque()  # submitted, not prepared yet
         self._preparing = 0  # items inside a prepare call right now
         self._pools: dict[str, list[tuple[int, int, _Item]]] = {}  # op -> [(cost, seq, item)], by cost
@@ -200,7 +203,7 @@ class BatchQueue:
         """Stop accepting work, finish what is queued, end the threads."""
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._wake_all()
         current = threading.current_thread()
         for thread in self._threads:
             if thread.is_alive() and thread is not current:
@@ -221,7 +224,7 @@ class BatchQueue:
         """Test hook: make the inference thread die as an unexpected crash would."""
         with self._cond:
             self._kill = True
-            self._cond.notify_all()
+            self._wake_all()
         self._core_thread.join(5.0)
 
     # --- submitting (event loop side) ---------------------------------------------------------------
@@ -245,7 +248,7 @@ class BatchQueue:
                 future: asyncio.Future[Any] = loop.create_future()
                 self._raw.append(_Item(op, payload, future, loop, trace=trace))
                 futures.append(future)
-            self._cond.notify_all()
+            self._pre_cond.notify()  # only pre has work to do
         return futures
 
     async def run(
@@ -289,10 +292,15 @@ class BatchQueue:
             log.exception("batch worker %s died: %r", self.name, exc)
             with self._cond:
                 self._dead_reason = reason
-                self._cond.notify_all()
+                self._wake_all()
             self._fail_pending(WorkerDead(self.name, reason))
             if not isinstance(exc, Exception | _InjectedFault):
                 raise
+
+    def _wake_all(self) -> None:
+        """Wake every stage thread (lock held): stop, a death, the test hook."""
+        self._cond.notify_all()
+        self._pre_cond.notify_all()
 
     def _check_kill(self) -> None:
         if self._kill:
@@ -317,7 +325,7 @@ class BatchQueue:
                     if self._stopping:
                         self._cond.notify_all()
                         return
-                    self._cond.wait()
+                    self._pre_cond.wait()
             if taken:
                 self._prepare_items(taken)
             else:
@@ -444,7 +452,7 @@ class BatchQueue:
                 finally:
                     with self._cond:
                         self._core_busy = False
-                        self._cond.notify_all()
+                        self._pre_cond.notify()
         finally:
             self._post.put(None)  # post delivers what core finished, then ends
 
@@ -458,7 +466,7 @@ class BatchQueue:
                 if batch is not None and (batch.collated is not None or batch.collate_error is not None):
                     self._next = None
                     self._core_busy = True
-                    self._cond.notify_all()  # pre may form the one after it
+                    self._pre_cond.notify()  # pre may form the one after it
                     return batch
                 if batch is None and self._pooled:
                     if self._linger():
