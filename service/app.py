@@ -107,6 +107,9 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
         redoc_url="/redoc" if settings.docs_enabled else None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         default_response_class=JSONResponse,  # service/responses.py: lone surrogates never fail a response
+        # FastAPI's native OpenTelemetry off: tracing is ours (service/tracing.py, opt-in), and the
+        # native layer would otherwise check for providers on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics

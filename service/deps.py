@@ -78,6 +78,11 @@ async def get_model(request: Request) -> ModelHandle:
     """The served model, pinned for this request (a concurrent activation waits for it). Not a
     generator dependency (an exit stack per request on the hot path): the pin is released by
     `RequestContextMiddleware` once the response is sent (`release_pinned`)."""
+    return pin_model(request)
+
+
+def pin_model(request: Request) -> ModelHandle:
+    """`get_model` without the dependency machinery, for the hot path (see embeddings.py)."""
     state = request.scope["state"]
     pinned: ModelHandle | None = state.get(PINNED)
     if pinned is None:

@@ -81,6 +81,8 @@ class Metrics:
             registry=r,
         )
         self.inputs = Counter("momo_inputs", "Inputs processed by modality.", ["modality"], registry=r)
+        self.text_inputs = self.inputs.labels("text")  # children looked up once, not per request
+        self.image_inputs = self.inputs.labels("image")
         self.tokens = Counter("momo_text_tokens", "Text tokens processed.", registry=r)
         self.truncated = Counter("momo_texts_truncated", "Texts truncated to the model's limit.", registry=r)
         self.model_info = Gauge(

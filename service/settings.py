@@ -167,10 +167,11 @@ class Settings(JobSettings):  # fine-tuning job settings (service/jobs/settings.
     log_json: bool = Field(default=True, description="Structured JSON logs.")
     access_log: bool = Field(default=True, description="The access log: a line per request (see the sample).")
     access_log_sample: float = Field(
-        default=1.0,
+        default=0.01,
         ge=0.0,
         le=1.0,
-        description="Fraction of successful requests logged (errors always are); 0: errors only.",
+        description="Fraction of successful requests logged (errors always are; 1: every request). "
+        "A line costs ~50 µs of event-loop CPU, ~15 % of a one-text embedding request (measured).",
     )
     docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json.")
     ui_enabled: bool = Field(default=True, description="Serve the web playground at /ui.")

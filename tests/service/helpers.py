@@ -66,6 +66,7 @@ def make_settings(model_store: Path, data_dir: Path, **overrides: Any) -> Settin
         "api_keys": [API_KEY],
         "log_json": True,
         "log_level": "warning",
+        "access_log_sample": 1.0,  # tests read the line of every request
         "max_wait_ms": 2.0,
         "test_hooks": True,
         "gc_freeze": False,
