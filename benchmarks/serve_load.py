@@ -51,6 +51,38 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 WORDNET = Path("/usr/share/wordnet/data.noun")
+WORDS = [
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "small",
+    "large",
+    "circle",
+    "square",
+    "triangle",
+    "left",
+    "right",
+    "above",
+    "below",
+    "photo",
+    "sneaker",
+    "boot",
+    "dress",
+    "shirt",
+    "emoji",
+    "face",
+    "cat",
+    "dog",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "quick",
+    "brown",
+]  # fmt: skip  (benchmarks/soak.py builds its texts from these)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
