@@ -9,8 +9,6 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-import orjson
-
 request_id_var: ContextVar[str | None] = ContextVar("momo_request_id", default=None)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -33,10 +31,7 @@ class JSONFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        try:
-            return orjson.dumps(data, default=str).decode()
-        except (orjson.JSONEncodeError, UnicodeDecodeError):  # a lone surrogate in a message
-            return json.dumps(data, default=str, ensure_ascii=False)
+        return json.dumps(data, default=str, ensure_ascii=False)
 
 
 def configure_logging(level: str = "info", json_logs: bool = True) -> None:

@@ -133,6 +133,9 @@ def plan_workers(settings: Settings) -> tuple[int, int | None]:
     return workers, threads
 
 
+WORKER_HEALTHCHECK_S = 120
+
+
 def serve_workers(settings: Settings, flags: dict[str, Any], workers: int, threads: int | None) -> None:
     """Run `workers` API processes on one listening socket (uvicorn's supervisor restarts one that
     dies). Each builds its app from MOMO_* variables, so the flags are handed over that way; the
@@ -154,6 +157,10 @@ def serve_workers(settings: Settings, flags: dict[str, Any], workers: int, threa
         factory=True,
         workers=workers,
         http="service.server:WorkerHttpProtocol",
+        # uvicorn kills (and restarts) a worker that does not answer its health ping within this
+        # time; a fresh worker imports torch and the app first, which on a busy 2-core machine took
+        # longer than uvicorn's 5 s default: every worker was killed before it started, forever.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
     sock = config.bind_socket()
     try:
