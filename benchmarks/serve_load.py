@@ -1,35 +1,39 @@
-"""Load benchmark of the MoMo HTTP service (`momo serve`) against the runtime's own limit.
+"""Load benchmark of `momo serve` against the bare ASGI floors and the runtime's in-process limit.
 
-    .venv/bin/python benchmarks/serve_load.py          # the bundled active model, or a random momo-tiny
-    .venv/bin/python benchmarks/serve_load.py --model momo-tiny:v1 --store model_store --runtime onnx
-    .venv/bin/python benchmarks/serve_load.py --quick  # fewer requests, one repeat
-    .venv/bin/python benchmarks/serve_load.py --inputs-per-request 8 --modality image
+    .venv/bin/python benchmarks/serve_load.py              # the store's active model (bundled momo-tiny)
+    .venv/bin/python benchmarks/serve_load.py --quick      # shorter runs (a smoke test, not figures)
+    .venv/bin/python benchmarks/serve_load.py --json out.json
 
-What one run prints:
-1. the limit — the runtime's best in-process batched throughput (embeddings/s over batch sizes,
-   tokenising or image decoding included), measured in this process;
-2. the service — `momo serve` started as a subprocess, driven from this process over loopback by
-   N concurrent keep-alive clients (1, 8, 32, 64), one text per request by default (the hard case
-   for an HTTP service: every embedding pays the whole HTTP cost): embeddings/s, p50/p95/p99
-   latency, ratio to the limit — also to the limit re-measured just before each run, since a
-   shared machine's capacity moves;
-3. batching on vs off — a second server with `--no-batching` (batches of one), driven alternately
-   with the first at 32 and 64 clients;
-4. each API process's peak RSS (VmHWM from /proc).
+The load generator is `wrk` (Debian package `wrk`, in the Makefile's APT_PACKAGES) with a Lua script
+that rotates over prepared request bodies and prints its own p50/p99: a compiled client that costs a
+few percent of one core (printed per run), so the measured cores serve the service, not the client.
 
-The load generator is a minimal HTTP/1.1 keep-alive client on asyncio streams, so that the driver
-takes as little CPU as possible from the server on a small machine. Request counts are bounded
-(`--requests` per level). Nothing here needs a network beyond loopback.
+One run measures, on one machine, in this order:
+1. the limit: the runtime alone in this process, best embeddings/s over batch sizes with tokenising
+   (or image decoding) included; and the same with the cores split between N processes (as
+   `--workers N` splits them). Efficiency below = served embeddings/s / the higher of the two;
+2. the floors: bare uvicorn + Starlette and uvicorn + FastAPI + pydantic (benchmarks/floor_app.py),
+   same server settings, one text per request, at 32 connections;
+3. the service with one API process at 1/8/32/64 connections, one text per request (short WordNet
+   glosses of about 16 tokens); the same with an access log line for every request (its cost);
+4. the service with its defaults (`--workers` from the core count) at 1/8/32/64 connections;
+5. 8 texts per request and one image per request, at 32 connections, both server modes.
+
+Printed per run: requests/s, embeddings/s, p50 and p99 (wrk's), efficiency, event-loop CPU per
+request (the main thread of each API process, from /proc/<pid>/task/<tid>/stat) and its ratio to the
+FastAPI floor's, the server's CPU per request (all threads), how busy the machine was (/proc/stat)
+and the load generator's own CPU. Nothing leaves loopback; every run is bounded in time.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import io
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -37,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,163 +50,198 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+WORDNET = Path("/usr/share/wordnet/data.noun")
 WORDS = [
-    "red", "green", "blue", "yellow", "purple", "small", "large", "circle", "square", "triangle", "left",
-    "right", "above", "below", "photo", "sneaker", "boot", "dress", "shirt", "emoji", "face", "cat", "dog",
-    "fox", "jumps", "over", "the", "lazy", "quick", "brown",
-]  # fmt: skip
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "small",
+    "large",
+    "circle",
+    "square",
+    "triangle",
+    "left",
+    "right",
+    "above",
+    "below",
+    "photo",
+    "sneaker",
+    "boot",
+    "dress",
+    "shirt",
+    "emoji",
+    "face",
+    "cat",
+    "dog",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "quick",
+    "brown",
+]  # fmt: skip  (benchmarks/soak.py builds its texts from these)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def make_texts(n: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(6, 12)))) for _ in range(n)]
+# --- inputs -----------------------------------------------------------------------------------------
+def wordnet_glosses(tokenizer: Any, n: int, lo: int = 14, hi: int = 18) -> list[str]:
+    """Real short texts: WordNet noun glosses of lo..hi tokens (with [CLS] and [SEP])."""
+    glosses: list[str] = []
+    if WORDNET.is_file():
+        for line in WORDNET.read_text(errors="replace").splitlines():
+            if "|" in line and not line.startswith(" "):
+                gloss = line.split("|", 1)[1].split(";")[0].strip()
+                if gloss:
+                    glosses.append(gloss)
+            if len(glosses) > 40 * n:
+                break
+    if not glosses:  # wordnet-base missing: generated texts of the same length
+        rng = np.random.default_rng(0)
+        words = [
+            "red",
+            "green",
+            "blue",
+            "small",
+            "large",
+            "circle",
+            "square",
+            "photo",
+            "of",
+            "a",
+            "the",
+            "dog",
+            "cat",
+            "runs",
+            "over",
+        ]
+        glosses = [" ".join(rng.choice(words, size=14)) for _ in range(4 * n)]
+    counts = tokenizer.count_tokens(glosses)
+    chosen = [g for g, c in zip(glosses, counts, strict=True) if lo <= c <= hi]
+    return (chosen or glosses)[:n]
 
 
-# --- the model ------------------------------------------------------------------------------------
-def random_store(directory: Path, preset: str) -> tuple[Path, str]:
-    """A store with one random-weight artifact of `preset` (when no trained model is around)."""
-    import torch
-
-    from momo.artifact import Manifest, save_artifact
-    from momo.config import get_preset
-    from momo.heads import ITM_SPEC, HeadSpec
-    from momo.model import MoMoModel
-    from momo.store import ModelStore
-    from momo.tokenizer import MoMoTokenizer
-
-    config = get_preset(preset)
-    torch.manual_seed(0)
-    corpus = make_texts(2000, seed=1) + [" ".join(WORDS)] * 10
-    tokenizer = MoMoTokenizer.train(corpus, vocab_size=config.vocab_size, min_frequency=1)
-    heads = {"itm": ITM_SPEC, "vqa": HeadSpec(input="pair", labels=["yes", "no", "red", "blue"], task="vqa")}
-    model = MoMoModel(config, head_specs=heads).eval()
-    store = ModelStore(directory)
-
-    def write(path: Path, version: str) -> None:
-        save_artifact(path, model, tokenizer, Manifest(name=preset, version=version, recipe={"random": True}))
-
-    info = store.register(preset, write)
-    store.activate(info.reference)
-    return directory, info.reference
-
-
-def image_pool(n: int, seed: int = 0) -> list[bytes]:
-    """Small PNGs of coloured noise (decoding them is part of the work, as in the service)."""
+def png_pool(n: int, side: int, seed: int = 0) -> list[bytes]:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)).save(buf, "PNG")
+        Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)).save(buf, "PNG")
         out.append(buf.getvalue())
     return out
 
 
-class Limit:
-    """The runtime alone, in this process: the best embeddings/s over batch sizes (the limit). Kept
-    loaded so that it can be re-measured right before each load level (the machine may be shared)."""
+def request_bodies(texts: list[str], images: list[bytes], per_request: int, modality: str) -> list[str]:
+    if modality == "image":
+        uris = [f"data:image/png;base64,{base64.b64encode(b).decode()}" for b in images]
+        pool: list[str] = uris
+    else:
+        pool = texts
+    bodies = []
+    for i in range(max(64, len(pool) // per_request)):
+        chunk = [pool[(i * per_request + k) % len(pool)] for k in range(per_request)]
+        bodies.append(json.dumps({"input": chunk[0] if per_request == 1 else chunk, "model": "momo"}))
+    return bodies
 
-    def __init__(
-        self, store: Path, reference: str, kind: str, threads: int | None, cache: Path, modality: str
-    ):
+
+# --- the limit ----------------------------------------------------------------------------------------
+class Limit:
+    """The runtime alone in this process: embeddings/s per batch size, preprocessing included."""
+
+    def __init__(self, store: Path, reference: str, runtime: str, threads: int | None, modality: str):
         from momo.runtime import load_runtime
         from momo.store import ModelStore
 
-        self.runtime = load_runtime(
-            reference, kind, store=ModelStore(store), threads=threads, cache_dir=cache
-        )
+        self.runtime = load_runtime(reference, runtime, store=ModelStore(store), threads=threads)
+        artifact = self.runtime.artifact
         self.modality = modality
-        self.texts = make_texts(1024, seed=7)
-        self.images = image_pool(64, seed=7) if modality == "image" else []
+        self.texts = wordnet_glosses(artifact.tokenizer, 1024)
+        self.images = png_pool(64, artifact.config.image_size) if modality == "image" else []
         self.per_batch: dict[int, float] = {}
-        self.best_batch = 1
 
-    def _run(self, batch_size: int, start: int) -> int:
+    def _run(self, batch: int, start: int) -> None:
         artifact = self.runtime.artifact
         if self.modality == "image":
             from momo.preprocess import decode_image, preprocess_images
 
-            chunk = [self.images[(start + k) % len(self.images)] for k in range(batch_size)]
-            pixels = preprocess_images([decode_image(b) for b in chunk], artifact.config)
-            self.runtime.encode_images(pixels)
+            chunk = [self.images[(start + k) % len(self.images)] for k in range(batch)]
+            self.runtime.encode_images(preprocess_images([decode_image(b) for b in chunk], artifact.config))
         else:
-            texts = [self.texts[(start + k) % len(self.texts)] for k in range(batch_size)]
-            batch = artifact.tokenizer.encode_batch(texts, max_length=artifact.config.max_text_len)
-            self.runtime.encode_texts(batch.input_ids, batch.attention_mask)
-        return batch_size
+            texts = [self.texts[(start + k) % len(self.texts)] for k in range(batch)]
+            tok = artifact.tokenizer.encode_batch(texts, max_length=artifact.config.max_text_len)
+            self.runtime.encode_texts(tok.input_ids, tok.attention_mask)
 
-    def measure(self, batch_size: int, seconds: float) -> float:
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            done += self._run(batch_size, done)
-        return done / (time.perf_counter() - started)
+    def measure(self, batch: int, seconds: float) -> float:
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            self._run(batch, done)
+            done += batch
+        return done / (time.perf_counter() - t0)
 
-    def sweep(self, seconds: float) -> float:
-        for batch_size in (1, 8, 16, 32, 64, 128):
-            self.per_batch[batch_size] = self.measure(batch_size, seconds)
-        self.best_batch = max(self.per_batch, key=lambda b: self.per_batch[b])
-        return self.per_batch[self.best_batch]
-
-    @property
-    def limit(self) -> float:
-        return self.per_batch[self.best_batch]
+    def sweep(self, seconds: float, batches: tuple[int, ...] = (1, 8, 16, 32, 64)) -> float:
+        for b in batches:
+            self.per_batch[b] = self.measure(b, seconds)
+        return max(self.per_batch.values())
 
 
-# --- the server -----------------------------------------------------------------------------------
+def split_limit(args: argparse.Namespace, store: Path, reference: str, procs: int, modality: str) -> float:
+    """The limit with the cores split between `procs` processes running at once (summed)."""
+    threads = max(1, (os.cpu_count() or 1) // procs)
+    command = [
+        sys.executable,
+        __file__,
+        "--limit-child",
+        "--store",
+        str(store),
+        "--model",
+        reference,
+        "--runtime",
+        args.runtime,
+        "--modality",
+        modality,
+        "--threads",
+        str(threads),
+        "--limit-seconds",
+        str(args.limit_seconds),
+    ]
+    children = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+    total = 0.0
+    for child in children:
+        out, _ = child.communicate(timeout=600)
+        total += float(out.strip().splitlines()[-1])
+    return total
+
+
+def limit_child(args: argparse.Namespace) -> None:
+    limit = Limit(args.store, args.model, args.runtime, args.threads, args.modality)
+    limit.sweep(0.3, (32,))  # warm
+    print(limit.measure(32, args.limit_seconds * 3), flush=True)
+
+
+# --- servers ------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def start_server(
-    args: argparse.Namespace, store: Path, reference: str, data_dir: Path, *, batching: bool, cache: Path
-) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOMO_")}
-    env["MOMO_CACHE_DIR"] = str(cache)
-    command = [
-        sys.executable,
-        "-c",
-        "from momo.cli import main; main()",
-        "serve",
-        "--port",
-        str(port),
-        "--model-store",
-        str(store),
-        "--model",
-        reference,
-        "--runtime",
-        args.runtime,
-        "--data-dir",
-        str(data_dir),
-        "--auth-disabled",
-        "--log-level",
-        "warning",
-        "--max-batch",
-        str(args.max_batch),
-        "--max-wait-ms",
-        str(args.max_wait_ms),
-        "--queue-size",
-        "4096",
-        "--runtime-cache-dir",
-        str(cache),
-        "--batching" if batching else "--no-batching",
-    ]
-    server_threads = args.server_threads if args.server_threads is not None else args.threads
-    if server_threads:
-        command += ["--threads", str(server_threads)]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, workers: int = 1) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            raise RuntimeError(
+                f"server exited with {proc.returncode} (its log is kept in the work directory)"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return proc, port
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                ready = s.recv(64).startswith(b"HTTP/1.1 200")
+                if ready and (workers == 1 or len(worker_pids(proc.pid)) >= workers):
+                    return
         except OSError:
             pass
         time.sleep(0.2)
@@ -210,286 +249,367 @@ def start_server(
     raise RuntimeError("server did not become ready")
 
 
-def stop_server(proc: subprocess.Popen[bytes]) -> int:
-    """SIGINT (graceful) and return the peak RSS in MiB, read just before it exits."""
-    rss = peak_rss_mib(proc.pid)
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    return rss
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    workers: int
+
+    def pids(self) -> list[int]:
+        """The API processes: the server itself, or the workers of `--workers N`."""
+        return worker_pids(self.proc.pid) if self.workers > 1 else [self.proc.pid]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
-def peak_rss_mib(pid: int) -> int:
+def worker_pids(pid: int) -> list[int]:
+    out = []
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) // 1024
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        pass
-    return -1
+        return []
+    for child in children:
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:  # uvicorn's workers (not the resource tracker)
+            out.append(int(child))
+    return out
 
 
-# --- the load generator -----------------------------------------------------------------------------
-class RawClient:
-    """One keep-alive HTTP/1.1 connection; POST JSON, read status + body. Minimal on purpose."""
+def start_service(
+    args: argparse.Namespace, store: Path, reference: str, work: Path, name: str, *flags: str
+) -> Server:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOMO_")}
+    env["MOMO_CACHE_DIR"] = str(work / "cache")
+    data = work / f"data-{name}"
+    command = [
+        sys.executable, "-c", "from momo.cli import main; main()", "serve",
+        "--port", str(port), "--model-store", str(store), "--model", reference, "--runtime", args.runtime,
+        "--data-dir", str(data), "--auth-disabled", "--queue-size", "4096",
+        "--runtime-cache-dir", str(work / "cache"), "--no-gc-freeze" if args.no_gc_freeze else "--gc-freeze",
+        *flags,
+    ]  # fmt: skip
+    workers = 1
+    if "--workers" in flags:
+        workers = int(flags[flags.index("--workers") + 1])
+    log = (work / f"{name}.log").open("wb")  # the server's log (info: what `momo serve` writes by default)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    wait_ready(proc, port, "/ready", workers)
+    return Server(name, proc, port, workers)
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        assert self.reader is not None
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.writer.write(head + body)
-        status_line = await self.reader.readline()
-        length = 0
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        payload = await self.reader.readexactly(length)
-        return int(status_line.split()[1]), payload
+def start_floor(kind: str) -> Server:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "floor_app.py"), "--kind", kind, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return Server(kind, proc, port, 1)
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{kind} floor did not start")
 
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+
+# --- measuring ----------------------------------------------------------------------------------------
+def thread_cpu_s(pid: int, tid: int) -> float:
+    """utime + stime of one thread, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+LUA = """
+local bodies = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  local headers = {["Content-Type"] = "application/json"}
+  return wrk.format("POST", "/v1/embeddings", headers, bodies[(i %% #bodies) + 1])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('\\nRESULT {"requests":%%d,"duration_us":%%d,"errors":%%d,"status_errors":%%d,'
+    .. '"p50_us":%%d,"p99_us":%%d}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def lua_script(bodies: list[str], path: Path) -> Path:
+    quoted = ",\n".join(f"[==[{b}]==]" for b in bodies)
+    path.write_text(LUA % quoted)
+    return path
 
 
 @dataclass
-class LevelResult:
-    clients: int
-    requests: int
-    errors: int
-    seconds: float
-    embeddings_per_s: float
+class Run:
+    name: str
+    connections: int
+    per_request: int
+    modality: str
+    req_s: float
+    emb_s: float
     p50_ms: float
-    p95_ms: float
     p99_ms: float
+    errors: int
+    loop_ms_per_req: float  # main thread(s) CPU per request
+    server_ms_per_req: float  # all server threads
+    machine_busy: float  # 0..1
+    client_cpu: float  # the load generator's CPU, in cores
+    efficiency: float = float("nan")
+    loop_vs_floor: float = float("nan")
 
 
-def make_bodies(requests: int, inputs_per_request: int, modality: str, seed: int) -> list[bytes]:
-    if modality == "image":
-        pool = [f"data:image/png;base64,{base64.b64encode(b).decode()}" for b in image_pool(64, seed=seed)]
-        inputs = [pool[k % len(pool)] for k in range(requests * inputs_per_request)]
-    else:
-        inputs = make_texts(max(256, requests * inputs_per_request), seed=seed)
-    return [
-        json.dumps(
-            {"input": inputs[i * inputs_per_request : (i + 1) * inputs_per_request], "model": "momo"}
-        ).encode()
-        for i in range(requests)
+def drive(
+    server: Server, script: Path, connections: int, seconds: float, per_request: int, modality: str
+) -> Run:
+    base = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{server.port}",
     ]
-
-
-async def drive(port: int, clients: int, bodies: list[bytes], inputs_per_request: int) -> LevelResult:
-    requests = len(bodies)
-    latencies: list[float] = []
-    errors = 0
-    next_index = 0
-
-    async def worker() -> None:
-        nonlocal next_index, errors
-        client = RawClient(port)
-        try:
-            while next_index < requests:
-                body = bodies[next_index]
-                next_index += 1
-                t0 = time.perf_counter()
-                status, _payload = await client.post("/v1/embeddings", body)
-                latencies.append(time.perf_counter() - t0)
-                if status != 200:
-                    errors += 1
-        finally:
-            await client.close()
-
-    # warm-up: connections open and a few requests through
-    warm = RawClient(port)
-    for body in bodies[:4]:
-        await warm.post("/v1/embeddings", body)
-    await warm.close()
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    seconds = time.perf_counter() - started
-    ms = sorted(x * 1000 for x in latencies)
-
-    def pct(p: float) -> float:
-        return ms[min(len(ms) - 1, round(p / 100 * (len(ms) - 1)))]
-
-    return LevelResult(
-        clients, requests, errors, seconds, requests * inputs_per_request / seconds, pct(50), pct(95), pct(99)
+    subprocess.run([*base[:-1], "-d1s", base[-1]], capture_output=True, check=True)  # warm-up
+    pids = server.pids()
+    loop0 = sum(thread_cpu_s(p, p) for p in pids)
+    cpu0 = sum(process_cpu_s(p) for p in pids)
+    busy0, total0 = machine_ticks()
+    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [*base[:-1], f"-d{seconds:g}s", base[-1]], capture_output=True, text=True, check=True
+    )
+    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy1, total1 = machine_ticks()
+    loop1 = sum(thread_cpu_s(p, p) for p in pids)
+    cpu1 = sum(process_cpu_s(p) for p in pids)
+    match = re.search(r"RESULT (\{.*\})", out.stdout)
+    if not match:
+        raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    r = json.loads(match.group(1))
+    duration = r["duration_us"] / 1e6
+    n = max(1, r["requests"])
+    client = (child1.ru_utime + child1.ru_stime - child0.ru_utime - child0.ru_stime) / duration
+    return Run(
+        server.name,
+        connections,
+        per_request,
+        modality,
+        r["requests"] / duration,
+        r["requests"] * per_request / duration,
+        r["p50_us"] / 1000,
+        r["p99_us"] / 1000,
+        r["errors"] + r["status_errors"],
+        (loop1 - loop0) * 1000 / n,
+        (cpu1 - cpu0) * 1000 / n,
+        (busy1 - busy0) / max(1, total1 - total0),
+        client,
     )
 
 
-# --- main -------------------------------------------------------------------------------------------------
+def show(run: Run) -> None:
+    print(
+        f"  {run.name:<18} {run.modality:>5}x{run.per_request:<2} {run.connections:>3} conn  "
+        f"{run.req_s:7.0f} req/s {run.emb_s:7.0f} emb/s  p50 {run.p50_ms:6.2f}  p99 {run.p99_ms:6.2f} ms  "
+        f"eff {run.efficiency:4.2f}  loop {run.loop_ms_per_req:.3f} ms/req ({run.loop_vs_floor:.2f}x floor)  "
+        f"server {run.server_ms_per_req:.3f} ms/req  busy {run.machine_busy * 100:3.0f}%  "
+        f"wrk {run.client_cpu * 100:3.0f}% of a core  errors {run.errors}",
+        flush=True,
+    )
+
+
+# --- main ---------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--store", type=Path, default=ROOT / "model_store", help="store with an active model")
+    parser.add_argument("--store", type=Path, default=ROOT / "model_store")
     parser.add_argument("--model", default=None, help="name:version (default: the store's active one)")
-    parser.add_argument("--preset", default="momo-tiny", help="random model preset when the store has none")
-    parser.add_argument("--runtime", default="onnx", choices=["onnx", "onnx-int8", "torch"])
-    parser.add_argument("--modality", default="text", choices=["text", "image"])
-    parser.add_argument("--threads", type=int, default=None, help="runtime intra-op threads for the limit")
-    parser.add_argument("--server-threads", type=int, default=None, help="runtime threads in the server")
-    parser.add_argument("--clients", default="1,8,32,64", help="concurrency levels")
-    parser.add_argument(
-        "--requests", type=int, default=1500, help="requests per level (at least 10 per client)"
-    )
-    parser.add_argument("--inputs-per-request", type=int, default=1)
-    parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--max-wait-ms", type=float, default=2.0)
-    parser.add_argument("--limit-seconds", type=float, default=2.0, help="time per batch size for the limit")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per (mode, level); the best is kept")
-    parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--runtime", default="onnx", help="the service's runtime (and the limit's)")
+    parser.add_argument("--modality", default="text")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--connections", default="1,8,32,64")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measured run (after 1 s warm-up)")
+    parser.add_argument("--limit-seconds", type=float, default=1.5)
+    parser.add_argument("--workers", type=int, default=None, help="the multi-process run (default: cores)")
+    parser.add_argument("--no-gc-freeze", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="short runs: a smoke test of this script")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
+    parser.add_argument("--limit-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.limit_child:
+        limit_child(args)
+        return
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk (it is in the Makefile's APT_PACKAGES)")
     if args.quick:
-        args.requests, args.limit_seconds, args.repeats = 300, 0.7, 1
-    levels = [int(x) for x in args.clients.split(",")]
+        args.seconds, args.limit_seconds = 2.0, 0.4
+    levels = [int(c) for c in args.connections.split(",")]
+    cores = os.cpu_count() or 1
+    workers = args.workers or min(cores, 8)
 
-    from momo.store import ModelStore, StoreError
+    from momo.store import ModelStore
 
+    store = ModelStore(args.store)
+    reference = store.reference_of(store.locate(args.model))
     work = Path(tempfile.mkdtemp(prefix="momo-bench-"))
-    cache = work / "cache"
+    print(
+        f"model {reference}, runtime {args.runtime}, {cores} CPUs, load average {os.getloadavg()[0]:.2f}; "
+        f"wrk {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}",
+        flush=True,
+    )
+    runs: list[Run] = []
+    limits: dict[str, dict[str, Any]] = {}
     try:
-        try:
-            path = ModelStore(args.store).locate(args.model)
-            store, reference, source = args.store, ModelStore(args.store).reference_of(path), "store"
-        except StoreError:
-            store, reference = random_store(work / "store", args.preset)
-            source = f"random {args.preset}: no trained model in {args.store}"
-        print(
-            f"model {reference} [{source}], runtime {args.runtime}, {args.modality} inputs, "
-            f"{args.inputs_per_request} per request, {os.cpu_count()} CPUs, "
-            f"load average {os.getloadavg()[0]:.1f}",
-            flush=True,
-        )
-
-        limit = Limit(store, reference, args.runtime, args.threads, cache, args.modality)
-        limit.sweep(args.limit_seconds)
-        per_batch = ", ".join(f"b{b}={v:.0f}" for b, v in limit.per_batch.items())
-        print(
-            f"limit (runtime in-process): {limit.limit:.0f} embeddings/s at batch {limit.best_batch} "
-            f"({per_batch})",
-            flush=True,
-        )
-
-        results: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
-        rss: dict[str, int] = {}
-        # Both servers run side by side (idle when not driven) and are driven alternately, level by
-        # level and `--repeats` times, so that a busy neighbour on a shared machine does not bias
-        # one mode; the best run of each (mode, level) is kept.
-        servers = {
-            mode: start_server(
-                args, store, reference, work / f"data-{mode}", batching=mode == "on", cache=cache
+        # 1. the limits
+        for modality in ("text", "image"):
+            limit = Limit(args.store, reference, args.runtime, args.threads, modality)
+            one = limit.sweep(args.limit_seconds)
+            limit.runtime.close()
+            split = split_limit(args, args.store, reference, workers, modality) if workers > 1 else 0.0
+            limits[modality] = {"one_process": one, "per_batch": limit.per_batch, "split": split}
+            per_batch = ", ".join(f"b{b} {v:.0f}" for b, v in limit.per_batch.items())
+            print(
+                f"limit {modality}: {one:.0f} emb/s in one process ({per_batch}); "
+                f"{split:.0f} emb/s in {workers} processes x {max(1, cores // workers)} thread(s)",
+                flush=True,
             )
-            for mode in ("on", "off")
+        tokenizer = ModelStore(args.store).load(reference).tokenizer
+        config = ModelStore(args.store).load(reference).config
+        texts = wordnet_glosses(tokenizer, 512)
+        images = png_pool(32, config.image_size)
+        scripts = {
+            (m, k): lua_script(request_bodies(texts, images, k, m), work / f"{m}{k}.lua")
+            for m, k in (("text", 1), ("text", 8), ("image", 1))
         }
-        try:
-            for clients in levels:
-                modes = ("on", "off") if clients >= 32 or clients == levels[-1] else ("on",)
-                best: dict[str, dict[str, Any]] = {}
-                for repeat in range(args.repeats):
-                    for mode in modes if repeat % 2 == 0 else tuple(reversed(modes)):
-                        # the machine may be shared: re-measure the limit right before each run
-                        local_limit = limit.measure(limit.best_batch, max(0.5, args.limit_seconds / 2))
-                        bodies = make_bodies(
-                            max(args.requests, clients * 10),
-                            args.inputs_per_request,
-                            args.modality,
-                            seed=clients,
-                        )
-                        result = asyncio.run(
-                            drive(servers[mode][1], clients, bodies, args.inputs_per_request)
-                        )
-                        row = {
-                            **result.__dict__,
-                            "limit_now": local_limit,
-                            "ratio": result.embeddings_per_s / limit.limit,
-                            "ratio_now": result.embeddings_per_s / local_limit,
-                        }
-                        print(
-                            f"  batching {mode:<3} {clients:>3} clients: "
-                            f"{result.embeddings_per_s:6.0f} emb/s  "
-                            f"ratio {row['ratio']:.2f} (to the limit re-measured now, {local_limit:.0f}/s: "
-                            f"{row['ratio_now']:.2f})  p50 {result.p50_ms:.1f}  p95 {result.p95_ms:.1f}  "
-                            f"p99 {result.p99_ms:.1f} ms  errors {result.errors}",
-                            flush=True,
-                        )
-                        if mode not in best or row["embeddings_per_s"] > best[mode]["embeddings_per_s"]:
-                            best[mode] = row
-                for mode, row in best.items():
-                    results[mode].append(row)
-        finally:
-            for mode, (proc, _port) in servers.items():
-                rss[mode] = stop_server(proc)
-        limit.runtime.close()
 
-        print()
-        print(
-            f"limit: {limit.limit:.0f} emb/s (batch {limit.best_batch}, {limit.runtime.kind} on "
-            f"{limit.runtime.device}); batch 1 in-process: {limit.per_batch[1]:.0f} emb/s "
-            f"(the runtime's own batching gain: {limit.limit / limit.per_batch[1]:.2f}x)"
+        def measure(server: Server, connections: int, modality: str = "text", per_request: int = 1) -> Run:
+            run = drive(
+                server, scripts[(modality, per_request)], connections, args.seconds, per_request, modality
+            )
+            best = max(limits[modality]["one_process"], limits[modality]["split"])
+            run.efficiency = run.emb_s / best
+            floor = next((r for r in runs if r.name == "fastapi floor"), None)
+            if floor is not None and floor.loop_ms_per_req > 0:
+                run.loop_vs_floor = run.loop_ms_per_req / floor.loop_ms_per_req
+            runs.append(run)
+            show(run)
+            return run
+
+        # 2. the floors
+        print("floors (no model):", flush=True)
+        for kind in ("starlette", "fastapi"):
+            floor = start_floor(kind)
+            try:
+                run = measure(floor, 32)
+                run.name = f"{kind} floor"
+            finally:
+                floor.stop()
+        # 3.-5. the service
+        modes = [
+            ("1 process", ["--workers", "1"]),
+            (f"--workers {workers}", ["--workers", str(workers)]),
+        ]
+        for name, flags in modes:
+            print(f"service, {name}:", flush=True)
+            server = start_service(args, args.store, reference, work, name.replace(" ", "-"), *flags)
+            server.name = f"service {name}"
+            try:
+                for connections in levels:
+                    measure(server, connections)
+                measure(server, 32, "text", 8)
+                measure(server, 32, "image", 1)
+            finally:
+                server.stop()
+        print("service, 1 process, an access log line for every request:", flush=True)
+        server = start_service(
+            args, args.store, reference, work, "fulllog", "--workers", "1", "--access-log-sample", "1"
         )
-        header = ("clients", "emb/s", "ratio", "ratio*", "p50 ms", "p95 ms", "p99 ms", "errors")
-        print(" ".join(f"{h:>8}" for h in header) + "   (ratio* = to the limit re-measured before the level)")
-        for r in results["on"]:
-            print(
-                f"{r['clients']:>8} {r['embeddings_per_s']:>8.0f} {r['ratio']:>8.2f} {r['ratio_now']:>8.2f} "
-                f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>8}"
-            )
-        speedups: dict[int, float] = {}
-        for off in results["off"]:
-            on = next((r for r in results["on"] if r["clients"] == off["clients"]), None)
-            if on:
-                speedups[off["clients"]] = on["embeddings_per_s"] / off["embeddings_per_s"]
-                print(
-                    f"batching on/off at {off['clients']} clients: {speedups[off['clients']]:.2f}x "
-                    f"({on['embeddings_per_s']:.0f} vs {off['embeddings_per_s']:.0f} emb/s)"
-                )
-        print(f"API process peak RSS: {rss['on']} MiB (batching on), {rss['off']} MiB (off)")
-        high = [r for r in results["on"] if r["clients"] >= 32]
-        if high:
-            ratios = [r["ratio"] for r in high]
-            ratios_now = [r["ratio_now"] for r in high]
-            speedup = min(speedups.values(), default=float("nan"))
-            print(
-                f"at 32+ clients: {min(ratios):.2f}-{max(ratios):.2f}x the limit "
-                f"({min(ratios_now):.2f}-{max(ratios_now):.2f}x the re-measured one; target >= 0.8), "
-                f"batching {speedup:.2f}x unbatched (target >= 3)"
-            )
+        server.name = "service full-log"
+        try:
+            measure(server, 32)
+        finally:
+            server.stop()
+
+        print("\nsummary (one text per request):")
+        floor = next(r for r in runs if r.name == "fastapi floor")
+        for r in runs:
+            if r.modality == "text" and r.per_request == 1:
+                show(r)
+        single32 = next(
+            r for r in runs if r.name == "service 1 process" and r.connections == 32 and r.per_request == 1
+        )
+        multi32 = next(
+            r
+            for r in runs
+            if r.name.startswith("service --workers") and r.connections == 32 and r.per_request == 1
+        )
+        single1 = next((r for r in runs if r.name == "service 1 process" and r.connections == 1), None)
+        one = next((r for r in runs if r.name.startswith("service --workers") and r.connections == 1), None)
+        at_one = " / ".join(
+            f"{r.req_s:.0f} req/s, p50 {r.p50_ms:.2f} ms ({label})"
+            for r, label in ((single1, "1 process"), (one, "workers"))
+            if r is not None
+        )
+        full = next(r for r in runs if r.name == "service full-log")
+        print(
+            f"targets at 32 connections: efficiency {single32.efficiency:.2f} (1 process), "
+            f"{multi32.efficiency:.2f} (--workers {workers}) [>= 0.8]; event-loop CPU "
+            f"{single32.loop_ms_per_req / floor.loop_ms_per_req:.2f}x the FastAPI floor [<= 2]; "
+            f"p99/p50 {single32.p99_ms / single32.p50_ms:.2f} (1 process), "
+            f"{multi32.p99_ms / multi32.p50_ms:.2f} (workers) [<= 2]; "
+            f"1 connection: {at_one} [>= 521 req/s, p50 <= 1.9 ms]"
+        )
+        print(
+            f"access log, a line per request vs the default sample: "
+            f"{full.loop_ms_per_req - single32.loop_ms_per_req:+.3f} ms of event-loop CPU per request "
+            f"({full.req_s:.0f} vs {single32.req_s:.0f} req/s)"
+        )
         if args.json:
-            args.json.write_text(
-                json.dumps(
-                    {
-                        "model": reference,
-                        "source": source,
-                        "modality": args.modality,
-                        "inputs_per_request": args.inputs_per_request,
-                        "limit": limit.limit,
-                        "best_batch": limit.best_batch,
-                        "per_batch": limit.per_batch,
-                        "rss_mib": rss,
-                        "speedup": speedups,
-                        "levels": results,
-                    },
-                    indent=2,
-                )
-            )
+            args.json.write_text(json.dumps({"limits": limits, "runs": [asdict(r) for r in runs]}, indent=2))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work directory (server logs): {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

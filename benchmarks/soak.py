@@ -82,6 +82,7 @@ def start_server(store: Path, work: Path, args: argparse.Namespace) -> tuple[sub
         MOMO_PORT=str(port),
         MOMO_LOG_LEVEL="warning",
         MOMO_JOB_WORKER="off",
+        MOMO_WORKERS="1",  # one API process: its RSS is what is followed
         MOMO_RUNTIME=args.runtime,
     )
     if args.server_path:  # serve another checkout's code (e.g. main, for a before/after comparison)

@@ -14,9 +14,14 @@ model endpoints answer 503, and activating a version (POST /v1/models/{id}/activ
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -44,7 +49,7 @@ answering. Authenticate with `Authorization: Bearer <key>` (unless the server ru
 Errors are `{"error": {"message", "type", "code"}}`."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, span_exporter: Any = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     configure_logging(settings.log_level, settings.log_json)
     metrics = Metrics()
@@ -61,14 +66,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await jobs.start()  # refuses to start on a job-database schema mismatch
-        # schema migrations; collections of the old on-disk format are copied in on first start
-        await asyncio.to_thread(open_store, collection_store, settings.data_dir / "collections")
+        # Schema creation and migrations, one process at a time: `--workers N` start side by side on
+        # one data_dir, and two processes creating the same tables at once fail ("already exists").
+        async with startup_lock(settings.data_dir / ".startup.lock"):
+            await jobs.start()  # refuses to start on a job-database schema mismatch
+            # schema migrations; collections of the old on-disk format are copied in on first start
+            await asyncio.to_thread(open_store, collection_store, settings.data_dir / "collections")
         for collection in await asyncio.to_thread(collection_store.list_collections):
             metrics.collection_items.labels(collection.name).set(collection.count)
         await engine.start()
         if settings.gc_freeze:
             await asyncio.to_thread(freeze_heap)
+        background = []
+        if settings.follow_interval_s > 0:  # activations made by other workers / replicas
+            background.append(asyncio.create_task(engine.follow_active(settings.follow_interval_s)))
+        if (settings.workers or 1) > 1:  # a dead inference thread ends this worker; uvicorn starts anew
+            background.append(asyncio.create_task(engine.watch_workers(1.0, _exit_worker)))
         log.info(
             "ready" if engine.current else "started without a model",
             extra={"auth": "on" if settings.auth_enabled else "off"},
@@ -76,9 +89,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await engine.close()
             await asyncio.to_thread(collection_store.close)
             await jobs.stop()
+            metrics.process_exit()
             log.info("stopped")
 
     app = FastAPI(
@@ -90,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if settings.docs_enabled else None,
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         default_response_class=JSONResponse,  # service/responses.py: lone surrogates never fail a response
+        # FastAPI's native OpenTelemetry off: tracing is ours (service/tracing.py, opt-in), and the
+        # native layer would otherwise check for providers on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -124,8 +144,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.auth_enabled:  # outside the body limit: a request without a key never reaches it
         app.add_middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=public_paths(settings))
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        access_log_enabled=settings.access_log,
+        access_log_sample=settings.access_log_sample,
+    )
+    if settings.tracing:  # outermost: the request span covers every layer; imported only when on
+        from service.tracing import setup_tracing
+
+        engine.tracer = setup_tracing(app, settings, exporter=span_exporter)
     return app
+
+
+@asynccontextmanager
+async def startup_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive lock on `path` across processes (flock; released when the file is closed)."""
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _exit_worker(reason: str) -> None:
+    log.error("%s: this API worker exits so that a fresh one takes its place", reason)
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown; its supervisor restarts it
 
 
 def public_paths(settings: Settings) -> set[str]:

@@ -48,7 +48,7 @@ def _serve(**flags: Any) -> None:
     from momo.store import ModelStore, StoreError
     from service.app import create_app
     from service.collections import collections_url
-    from service.server import uvicorn_config
+    from service.server import plan_workers, serve_workers, uvicorn_config
 
     overrides = {k: v for k, v in flags.items() if v is not None}
     try:
@@ -75,12 +75,22 @@ def _serve(**flags: Any) -> None:
         else f"auth: ON — send 'Authorization: Bearer <key>' ({len(settings.api_keys)} key(s) configured)"
     )
     url = f"http://{settings.host}:{settings.port}"
+    workers, threads = plan_workers(settings)
     typer.echo(f"momo serve on {url}  (docs: /docs, metrics: /metrics)")
+    typer.echo(
+        f"  {workers} API process(es), {threads or 'default'} runtime thread(s) each"
+        + ("" if settings.workers else " (from the core count; --workers N to choose)")
+    )
     if settings.ui_enabled:
         typer.echo(f"  playground: {url}/ui/")
     typer.echo(f"  {model_line}")
     typer.echo(f"  {auth}")
     typer.echo(f"  collections: {_redacted(collections_url(settings.collections_url, settings.data_dir))}")
+    if workers > 1:
+        serve_workers(settings, overrides, workers, threads)
+        return
+    if threads is not None and settings.threads is None:
+        settings = settings.model_copy(update={"threads": threads})
     uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
 
 

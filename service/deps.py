@@ -6,9 +6,9 @@ request that the hot path does not need (none of these block).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -71,10 +71,32 @@ CollectionsDep = Annotated[CollectionStore, Depends(get_collections)]
 FetcherDep = Annotated[ImageFetcher, Depends(get_fetcher)]
 
 
-async def get_model(services: ServicesDep) -> AsyncIterator[ModelHandle]:
-    """The served model, pinned for this request (a concurrent activation waits for it)."""
-    with services.engine.use() as handle:
-        yield handle
+PINNED = "momo_pinned_model"
+
+
+async def get_model(request: Request) -> ModelHandle:
+    """The served model, pinned for this request (a concurrent activation waits for it). Not a
+    generator dependency (an exit stack per request on the hot path): the pin is released by
+    `RequestContextMiddleware` once the response is sent (`release_pinned`)."""
+    return pin_model(request)
+
+
+def pin_model(request: Request) -> ModelHandle:
+    """`get_model` without the dependency machinery, for the hot path (see embeddings.py)."""
+    state = request.scope["state"]
+    pinned: ModelHandle | None = state.get(PINNED)
+    if pinned is None:
+        engine: Engine = request.app.state.engine
+        pinned = state[PINNED] = engine.acquire()
+    return pinned
+
+
+def release_pinned(scope: MutableMapping[str, Any]) -> None:
+    """Unpin the model this request pinned (called by the middleware when it is done)."""
+    state = scope.get("state")
+    pinned = state.pop(PINNED, None) if isinstance(state, dict) else None
+    if pinned is not None:
+        pinned._leave()
 
 
 ModelDep = Annotated[ModelHandle, Depends(get_model)]

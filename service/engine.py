@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -36,8 +37,8 @@ import numpy as np
 
 from momo.artifact import ArtifactError
 from momo.store import InvalidReference, ModelStore, StoreError
-from service.batching import BatchQueue, ProcessFn, QueueFull, WorkerDead
-from service.errors import APIError, unavailable
+from service.batching import BatchQueue, QueueFull, WorkerDead
+from service.errors import APIError, bad_request, unavailable
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -48,6 +49,65 @@ INVALID_ARTIFACT = "cannot load %s: its artifact is corrupt, incomplete or unrea
 NO_MODEL_MESSAGE = "no model yet — run `make pretrain-default` (or activate one with `momo models activate`)"
 
 
+class TextTooLong(ValueError):
+    """A text over the model's token limit, with text_overflow=error (the router makes it a 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the text exceeds the model's limit of {limit} tokens")
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """A tokenised text (the text queue's prepared item)."""
+
+    ids: np.ndarray  # (L,) int64, real tokens only
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class TextResult:
+    output: np.ndarray  # the op's output row: an embedding (E,) or a head's logits (n_labels,)
+    tokens: int
+    truncated: bool
+
+
+@dataclass
+class TextOutputs:
+    """The outputs for a request's texts, in order, with what `usage` reports."""
+
+    outputs: np.ndarray  # (n, E) or (n, n_labels)
+    num_tokens: list[int]
+    truncated: list[int]  # indexes of the texts cut to the model's limit
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.outputs
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.num_tokens)
+
+
+@dataclass(frozen=True)
+class _PairBatch:
+    pixels: np.ndarray  # (B, C, H, W)
+    ids: np.ndarray  # (B, L)
+    mask: np.ndarray  # (B, L)
+    top_k: list[int]
+
+
+def _row_length(row: TokenRow) -> int:
+    return len(row.ids)
+
+
+def _text_result(op: str, row: TokenRow, output: np.ndarray) -> TextResult:
+    return TextResult(output, len(row.ids), row.truncated)
+
+
+def _stack(op: str, arrays: list[np.ndarray]) -> np.ndarray:
+    return np.stack(arrays)
+
+
 @dataclass(frozen=True)
 class PairPayload:
     pixels: np.ndarray  # (C, H, W)
@@ -56,7 +116,14 @@ class PairPayload:
 
 
 class ModelHandle:
-    def __init__(self, runtime: Any, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Any,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        kind: str | None = None,
+        tracer: Any = None,
+    ) -> None:
         self.runtime = runtime
         self.settings = settings
         self.metrics = metrics
@@ -70,7 +137,8 @@ class ModelHandle:
         self.dim = int(artifact.config.embed_dim)
         self.heads = dict(artifact.heads.heads)
         self.temperature = float(artifact.heads.temperature)
-        self.kind = str(runtime.kind)
+        self.kind = kind or str(runtime.kind)
+        self.runtime_choice: dict[str, Any] | None = None  # runtime=auto: what was measured
         self.device = str(runtime.device)
         self.loaded_at = time.time()
         self.label_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
@@ -79,22 +147,28 @@ class ModelHandle:
         self._idle = threading.Event()
         self._idle.set()
         on_batch = metrics.observe_batch if metrics is not None else None
-        processes: dict[str, ProcessFn] = {
-            "image": self._process_image,
-            "text": self._process_text,
-            "pair": self._process_pair,
+        common: dict[str, Any] = {
+            "max_batch": settings.effective_max_batch,
+            "max_wait_s": settings.max_wait_ms / 1000.0,
+            "capacity": settings.queue_size,
+            "on_batch": on_batch,
+            "in_flight": self._in_flight_count,
+            "tracer": tracer,
         }
         self.queues = {
-            name: BatchQueue(
-                name,
-                processes[name],
-                max_batch=settings.effective_max_batch,
-                max_wait_s=settings.max_wait_ms / 1000.0,
-                capacity=settings.queue_size,
-                on_batch=on_batch,
-                in_flight=self._in_flight_count,
-            )
-            for name in QUEUES
+            # texts are tokenised in the queue's pre stage (one batch call) and batched by tokens
+            "text": BatchQueue(
+                "text",
+                self._process_text,
+                prepare=self._prepare_texts,
+                cost=_row_length,
+                collate=self._collate_texts,
+                finish=_text_result,
+                max_batch_tokens=settings.max_batch_tokens,
+                **common,
+            ),
+            "image": BatchQueue("image", self._process_image, collate=_stack, **common),
+            "pair": BatchQueue("pair", self._process_pair, collate=self._collate_pairs, **common),
         }
 
     def start(self) -> None:
@@ -139,39 +213,56 @@ class ModelHandle:
             self.runtime.close()
         log.info("model %s unloaded", self.reference)
 
-    # --- the batched operations (worker threads) ----------------------------------------------------
+    # --- the batched operations (stage threads) ---------------------------------------------------
     def _pad(self, rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         length = max(1, *(len(r) for r in rows))
-        ids = np.full((len(rows), length), self.tokenizer.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), length), dtype=np.int64)
+        ids = np.full((len(rows), length), self.tokenizer.pad_id, dtype=np.int64)  # (B, L)
+        mask = np.zeros((len(rows), length), dtype=np.int64)  # (B, L)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = row
             mask[i, : len(row)] = 1
         return ids, mask
 
-    def _process_image(self, op: str, payloads: list[Any]) -> Sequence[Any]:
-        pixels = np.stack(payloads)
-        if op == "embed":
-            return list(self.runtime.encode_images(pixels))
-        if op.startswith("head:"):
-            return list(self.runtime.head_logits(op[5:], pixels=pixels))
-        raise ValueError(f"unknown image op {op!r}")
+    def _prepare_texts(self, op: str, texts: list[str]) -> list[TokenRow | TextTooLong]:
+        """Pre stage: one tokenizer batch call (Rust, outside the GIL) for every text queued."""
+        batch = self.tokenizer.encode_batch(texts, max_length=self.config.max_text_len)
+        refuse = self.settings.text_overflow == "error"
+        limit = int(self.config.max_text_len)
+        out: list[TokenRow | TextTooLong] = []
+        for i, n in enumerate(batch.num_tokens):
+            if refuse and batch.truncated[i]:
+                out.append(TextTooLong(limit))
+            else:
+                out.append(TokenRow(batch.input_ids[i, :n].copy(), bool(batch.truncated[i])))
+        return out
 
-    def _process_text(self, op: str, payloads: list[Any]) -> Sequence[Any]:
-        ids, mask = self._pad(payloads)
+    def _collate_texts(self, op: str, rows: list[TokenRow]) -> tuple[np.ndarray, np.ndarray]:
+        return self._pad([row.ids for row in rows])
+
+    def _process_text(self, op: str, inputs: tuple[np.ndarray, np.ndarray]) -> Sequence[Any]:
+        ids, mask = inputs
         if op == "embed":
             return list(self.runtime.encode_texts(ids, mask))
         if op.startswith("head:"):
             return list(self.runtime.head_logits(op[5:], input_ids=ids, attention_mask=mask))
         raise ValueError(f"unknown text op {op!r}")
 
-    def _process_pair(self, op: str, payloads: list[Any]) -> Sequence[Any]:
-        pixels = np.stack([p.pixels for p in payloads])
+    def _process_image(self, op: str, pixels: np.ndarray) -> Sequence[Any]:
+        if op == "embed":
+            return list(self.runtime.encode_images(pixels))
+        if op.startswith("head:"):
+            return list(self.runtime.head_logits(op[5:], pixels=pixels))
+        raise ValueError(f"unknown image op {op!r}")
+
+    def _collate_pairs(self, op: str, payloads: list[PairPayload]) -> _PairBatch:
         ids, mask = self._pad([p.ids for p in payloads])
+        return _PairBatch(np.stack([p.pixels for p in payloads]), ids, mask, [p.top_k for p in payloads])
+
+    def _process_pair(self, op: str, batch: _PairBatch) -> Sequence[Any]:
+        pixels, ids, mask = batch.pixels, batch.ids, batch.mask
         if op == "vqa":
-            top_k = max(p.top_k for p in payloads)
-            answers = self.runtime.answer(pixels, ids, mask, top_k=top_k)
-            return [a[: p.top_k] for a, p in zip(answers, payloads, strict=True)]
+            answers = self.runtime.answer(pixels, ids, mask, top_k=max(batch.top_k))
+            return [a[:k] for a, k in zip(answers, batch.top_k, strict=True)]
         if op == "itm":
             return list(self.runtime.score_pairs(pixels, ids, mask))
         if op.startswith("head:"):
@@ -179,9 +270,15 @@ class ModelHandle:
         raise ValueError(f"unknown pair op {op!r}")
 
     # --- async API for routers ---------------------------------------------------------------------
-    async def run(self, queue: str, op: str, payloads: Sequence[Any]) -> list[Any]:
+    async def run(
+        self, queue: str, op: str, payloads: Sequence[Any], params: Sequence[str] | None = None
+    ) -> list[Any]:
+        """Results of `op` for each payload, in order. An input the model refuses (a text over its
+        token limit with text_overflow=error) is a 400 naming it (`params[i]`)."""
         try:
-            return await self.queues[queue].run(op, payloads, self.settings.request_timeout_s)
+            results = await self.queues[queue].run(
+                op, payloads, self.settings.request_timeout_s, return_exceptions=True
+            )
         except QueueFull as exc:
             if self.metrics is not None:
                 self.metrics.queue_rejections.labels(queue).inc()
@@ -191,18 +288,46 @@ class ModelHandle:
                 "queue_full",
                 headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
             ) from exc
-        except WorkerDead as exc:
-            raise unavailable(str(exc), "worker_unavailable", retry_after=5) from exc
         except TimeoutError as exc:
             raise unavailable(
                 f"inference did not finish within {self.settings.request_timeout_s:g}s",
                 "inference_timeout",
                 retry_after=5,
             ) from exc
+        except WorkerDead as exc:
+            raise unavailable(str(exc), "worker_unavailable", retry_after=5) from exc
+        failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+        if not failed:
+            return results
+        too_long = [i for i in failed if isinstance(results[i], TextTooLong)]
+        if too_long:
+            names = [params[i] if params else f"input[{i}]" for i in too_long]
+            raise bad_request(
+                f"{', '.join(names[:5])} exceed(s) the model's limit of {self.config.max_text_len} tokens "
+                "(this server refuses over-long texts instead of truncating them)",
+                "text_too_long",
+                names[0],
+            )
+        error = results[failed[0]]
+        if isinstance(error, WorkerDead):
+            raise unavailable(str(error), "worker_unavailable", retry_after=5) from error
+        raise error
 
-    async def embed_texts(self, rows: Sequence[np.ndarray]) -> np.ndarray:
-        results = await self.run("text", "embed", rows)
-        return np.stack(results) if results else np.zeros((0, self.dim), np.float32)
+    async def run_texts(
+        self, op: str, texts: Sequence[str], params: Sequence[str] | None = None
+    ) -> TextOutputs:
+        """`op` over texts (tokenised in the queue), with the token counts for `usage`."""
+        if not texts:
+            return TextOutputs(np.zeros((0, self.dim), np.float32), [], [])
+        results: list[TextResult] = await self.run("text", op, texts, params)
+        return TextOutputs(
+            np.stack([r.output for r in results]),
+            [r.tokens for r in results],
+            [i for i, r in enumerate(results) if r.truncated],
+        )
+
+    async def embed_texts(self, texts: Sequence[str], params: Sequence[str] | None = None) -> TextOutputs:
+        return await self.run_texts("embed", texts, params)
 
     async def embed_images(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         results = await self.run("image", "embed", pixels)
@@ -214,6 +339,7 @@ class ModelHandle:
             "version": self.version,
             "reference": self.reference,
             "runtime": self.kind,
+            "runtime_selection": self.runtime_choice,
             "device": self.device,
             "embedding_dim": self.dim,
             "loaded_at": int(self.loaded_at),
@@ -271,6 +397,7 @@ class Engine:
         self._activate_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.activating: str | None = None
+        self.tracer: Any = None  # service.tracing.BatchTracer when tracing is on (set by create_app)
         if metrics is not None:
             metrics.watch_queues(self.queue_states)
 
@@ -279,18 +406,50 @@ class Engine:
         from momo.runtime import load_runtime  # imported lazily: numpy-only until a model is loaded
 
         s = self.settings
-        runtime = load_runtime(
-            reference,
-            kind=s.runtime,
-            store=self.store,
-            device=s.device,
-            threads=s.threads,
-            torchscript=s.torchscript,
-            cache_dir=s.runtime_cache_dir,
-        )
-        handle = ModelHandle(runtime, s, self.metrics)
+        if s.runtime == "auto":
+            runtime, choice = self._load_fastest(reference)
+            handle = ModelHandle(runtime, s, self.metrics, kind=choice.chosen, tracer=self.tracer)
+            handle.runtime_choice = choice.report()
+        else:
+            runtime = load_runtime(
+                reference,
+                kind=s.runtime,
+                store=self.store,
+                device=s.device,
+                threads=s.threads,
+                torchscript=s.torchscript,
+                cache_dir=s.runtime_cache_dir,
+            )
+            handle = ModelHandle(runtime, s, self.metrics, tracer=self.tracer)
         handle.start()
         return handle
+
+    def _load_fastest(self, reference: str | None) -> tuple[Any, Any]:
+        """`runtime=auto` (service/runtime_choice.py)."""
+        from momo.artifact import load_artifact
+        from momo.runtime import load_runtime, weights_sha256
+        from service import runtime_choice
+
+        s = self.settings
+        if reference is not None and (Path(reference) / "manifest.json").is_file():
+            artifact = load_artifact(reference)
+        else:
+            artifact = self.store.load(reference)
+
+        def load(kind: str) -> Any:
+            return load_runtime(
+                artifact, kind=kind, device=s.device, threads=s.threads, cache_dir=s.runtime_cache_dir
+            )
+
+        key = f"{weights_sha256(artifact)}|{s.device}|threads={s.threads}|batch={s.effective_max_batch}"
+        return runtime_choice.choose(
+            load,
+            artifact,
+            batch=s.effective_max_batch,
+            tolerance=s.runtime_auto_tolerance,
+            key=key,
+            data_dir=s.data_dir,
+        )
 
     async def start(self) -> None:
         """Load the configured (or active) model. With none in the store, stay up but not ready."""
@@ -390,15 +549,20 @@ class Engine:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
     # --- use ------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def use(self) -> Iterator[ModelHandle]:
-        """Pin the current model for the duration of one request."""
+    def acquire(self) -> ModelHandle:
+        """Pin the current model (release with `handle._leave()`); 503 when none is loaded."""
         with self._lock:
             handle = self.current
             if handle is not None:
                 handle._enter()
         if handle is None:
             raise unavailable(self.load_error or "no model is loaded", "model_not_loaded", retry_after=30)
+        return handle
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[ModelHandle]:
+        """Pin the current model for the duration of one request."""
+        handle = self.acquire()
         try:
             yield handle
         finally:
@@ -420,7 +584,47 @@ class Engine:
             "model": handle.reference,
             "runtime": handle.kind,
             "device": handle.device,
+            "pid": os.getpid(),
         }
+
+    # --- several workers (and replicas) on one store -------------------------------------------------
+    async def follow_active(self, interval_s: float) -> None:
+        """Serve the store's active version whenever it changes (another worker or replica, or
+        `momo models activate`, moved it): how a hot swap reaches every worker. Runs until cancelled."""
+        seen = await asyncio.to_thread(self._active_reference)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                active = await asyncio.to_thread(self._active_reference)
+                if active is None or active == seen:
+                    continue
+                seen = active
+                current = self.current
+                if current is not None and current.reference == active:
+                    continue
+                log.info("the store's active version is now %s: following", active)
+                await self.activate(active, persist=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a half-written store, a bad version: keep serving, retry later
+                log.warning("cannot follow the store's active version: %s", exc)
+
+    def _active_reference(self) -> str | None:
+        try:
+            active = self.store.active()
+        except (StoreError, OSError, ValueError, KeyError):
+            return None
+        return f"{active[0]}:{active[1]}" if active else None
+
+    async def watch_workers(self, interval_s: float, on_dead: Any) -> None:
+        """Call `on_dead(reason)` once when an inference thread of the served model has died (with
+        several API processes, the process then exits and its supervisor starts a fresh one)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            ok, detail = self.readiness()
+            if not ok and self.current is not None:
+                on_dead(str(detail.get("reason")))
+                return
 
     def queue_states(self) -> dict[str, tuple[int, bool]]:
         handle = self.current

@@ -1,9 +1,10 @@
 """Turning request inputs into model inputs: modality inference, tokenising, image decoding.
 
-Texts are tokenised on the event loop (a Rust call of microseconds for short texts; long inputs go
-to a thread). Images are decoded and preprocessed in a thread (Pillow releases the GIL), with the
-hardened decoder of `momo.preprocess` and this server's limits. Every caller mistake becomes an
-`APIError` (4xx) naming the offending input.
+Texts for the text queue are only checked here (length in characters) and tokenised in the queue's
+pre stage (service/batching.py), in one batch call with the other requests' texts; `tokenize` serves
+the pair queue (VQA, pair heads). Images are decoded and preprocessed in a thread (Pillow releases
+the GIL), with the hardened decoder of `momo.preprocess` and this server's limits. Every caller
+mistake becomes an `APIError` (4xx) naming the offending input.
 """
 
 from __future__ import annotations
@@ -153,18 +154,22 @@ def _tokenize(handle: ModelHandle, texts: Sequence[str]) -> TextPrep:
     return TextPrep(rows, list(batch.num_tokens), truncated)
 
 
+def check_texts(texts: Sequence[str], settings: Settings, params: Sequence[str]) -> None:
+    """The per-text character limit (before any tokenising)."""
+    limit = settings.max_text_chars
+    for text, param in zip(texts, params, strict=True):
+        if len(text) > limit:
+            raise bad_request(
+                f"{param} has {len(text)} characters; the limit is {limit}", "text_too_long", param
+            )
+
+
 async def tokenize(
     handle: ModelHandle, texts: Sequence[str], settings: Settings, params: Sequence[str]
 ) -> TextPrep:
     if not texts:
         return TextPrep([], [], [])
-    for text, param in zip(texts, params, strict=True):
-        if len(text) > settings.max_text_chars:
-            raise bad_request(
-                f"{param} has {len(text)} characters; the limit is {settings.max_text_chars}",
-                "text_too_long",
-                param,
-            )
+    check_texts(texts, settings, params)
     if sum(len(t) for t in texts) > 4096:
         prep = await asyncio.to_thread(_tokenize, handle, texts)
     else:

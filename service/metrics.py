@@ -1,10 +1,19 @@
-"""Prometheus metrics, one registry per app (so several apps can live in one process, e.g. tests)."""
+"""Prometheus metrics, one registry per app (so several apps can live in one process, e.g. tests).
+
+With several API processes (`momo serve --workers N`) the supervisor sets PROMETHEUS_MULTIPROC_DIR:
+every worker writes its values there (prometheus_client's multiprocess mode) and a scrape, whichever
+worker answers it, reads all of them — counters and histograms summed over the workers, the
+in-flight gauge summed over the live ones, the model-info gauge per worker (a `pid` label, so a
+rollout across workers is visible). Queue depth and worker liveness are read from the answering
+worker's queues at scrape time (a worker whose inference thread died exits and is replaced).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -35,7 +44,9 @@ class _QueueDepthCollector(Collector):
 
 class Metrics:
     def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry(auto_describe=True)
+        self._depths: Callable[[], dict[str, tuple[int, bool]]] | None = None
         r = self.registry
         self.requests = Counter(
             "momo_http_requests",
@@ -50,7 +61,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("momo_http_requests_in_flight", "Requests being handled.", registry=r)
+        self.in_flight = Gauge(
+            "momo_http_requests_in_flight", "Requests being handled.", registry=r, multiprocess_mode="livesum"
+        )
         self.batch_size = Histogram(
             "momo_batch_size", "Items per inference batch.", ["queue"], buckets=BATCH_BUCKETS, registry=r
         )
@@ -68,6 +81,8 @@ class Metrics:
             registry=r,
         )
         self.inputs = Counter("momo_inputs", "Inputs processed by modality.", ["modality"], registry=r)
+        self.text_inputs = self.inputs.labels("text")  # children looked up once, not per request
+        self.image_inputs = self.inputs.labels("image")
         self.tokens = Counter("momo_text_tokens", "Text tokens processed.", registry=r)
         self.truncated = Counter("momo_texts_truncated", "Texts truncated to the model's limit.", registry=r)
         self.model_info = Gauge(
@@ -75,15 +90,26 @@ class Metrics:
             "The served model version (value 1).",
             ["name", "version", "runtime", "device"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.model_swaps = Counter(
             "momo_model_activations", "Model activations by outcome.", ["outcome"], registry=r
         )
         self.collection_items = Gauge(
-            "momo_collection_items", "Items per retrieval collection.", ["collection"], registry=r
+            "momo_collection_items",
+            "Items per retrieval collection.",
+            ["collection"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         # Fine-tuning jobs (section 6): the job API sets these per state.
-        self.jobs = Gauge("momo_fine_tune_jobs", "Fine-tuning jobs by state.", ["state"], registry=r)
+        self.jobs = Gauge(
+            "momo_fine_tune_jobs",
+            "Fine-tuning jobs by state.",
+            ["state"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
         self.job_duration = Histogram(
             "momo_fine_tune_duration_seconds",
             "Fine-tuning job run time (start, or submission when it never started, to end) by final state.",
@@ -93,12 +119,33 @@ class Metrics:
         )
 
     def watch_queues(self, depths: Callable[[], dict[str, tuple[int, bool]]]) -> None:
+        self._depths = depths
         self.registry.register(_QueueDepthCollector(depths))
+
+    def render(self) -> bytes:
+        """The exposition text: this app's registry, or with several workers all of theirs."""
+        if not self.multiprocess:
+            return bytes(generate_latest(self.registry))
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        if self._depths is not None:
+            registry.register(_QueueDepthCollector(self._depths))
+        return bytes(generate_latest(registry))
+
+    def process_exit(self) -> None:
+        """With several workers: drop this process's live gauges (in flight, model info)."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
 
     def observe_batch(self, queue: str, size: int, seconds: float) -> None:
         self.batch_size.labels(queue).observe(size)
         self.inference_seconds.labels(queue).observe(seconds)
 
     def set_model(self, name: str, version: str, runtime: str, device: str) -> None:
-        self.model_info.clear()
+        if self.multiprocess:  # values live in files: zero the old series (clear() would not)
+            for labels in getattr(self, "_model_labels", []):
+                self.model_info.labels(*labels).set(0)
+        else:
+            self.model_info.clear()
+        self._model_labels = [(name, version, runtime, device)]
         self.model_info.labels(name, version, runtime, device).set(1)

@@ -259,6 +259,9 @@ class ModelCard(BaseModel):
     active: bool = Field(..., description="The store's active version.")
     serving: bool = Field(..., description="Loaded and serving in this process.")
     runtime: str | None = None
+    runtime_selection: dict[str, Any] | None = Field(
+        default=None, description="With runtime=auto: the candidates timed at warm-up and the choice."
+    )
     device: str | None = None
     embedding_dim: int | None = None
     heads: dict[str, HeadInfo] = Field(default_factory=dict)
@@ -294,4 +297,5 @@ class Readiness(BaseModel):
     model: str | None = None
     runtime: str | None = None
     device: str | None = None
+    pid: int | None = None  # the API process that answered (one of `workers`)
     reason: str | None = None

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from fastapi import APIRouter
 
 from service.deps import ModelDep, Services, ServicesDep
 from service.engine import ModelHandle, PairPayload
 from service.errors import APIError, bad_request
-from service.inputs import Parsed, check_model, image_tokens, load_images, parse_inputs, tokenize
+from service.inputs import (
+    Parsed,
+    check_model,
+    check_texts,
+    image_tokens,
+    load_images,
+    parse_inputs,
+    tokenize,
+)
 from service.routers.embeddings import embed_parsed, usage
 from service.schemas import ClassifyRequest, ClassifyResponse
 from service.settings import Settings
@@ -45,9 +55,11 @@ async def label_embeddings(
     missing = [p for p in dict.fromkeys(prompts) if p not in found]
     tokens = 0
     if missing:
-        prep = await tokenize(handle, missing, settings, [f"labels[{prompts.index(p)}]" for p in missing])
-        vectors = await handle.embed_texts(prep.rows)
-        tokens = prep.total_tokens
+        params = [f"labels[{prompts.index(p)}]" for p in missing]
+        check_texts(missing, settings, params)
+        embedded = await handle.embed_texts(missing, params)
+        vectors = embedded.vectors
+        tokens = embedded.total_tokens
         found.update(zip(missing, vectors, strict=True))
     for prompt in dict.fromkeys(prompts):  # most recently used last; new entries evict the oldest
         cache[prompt] = found[prompt]
@@ -133,20 +145,22 @@ async def with_head(
     tokens, truncated = 0, 0
     texts = [p.text or "" for p in parsed] if wanted in ("text", "pair") else []
     images = [p.image or "" for p in parsed] if wanted in ("image", "pair") else []
-    prep = await tokenize(handle, texts, settings, names[: len(texts)])
-    pixels = (await load_images(handle, images, settings, fetcher, names[: len(images)])).pixels
     op = f"head:{body.head}"
-    if wanted == "image":
-        logits = await handle.run("image", op, pixels)
-        tokens = len(pixels) * image_tokens(handle)
-    elif wanted == "text":
-        logits = await handle.run("text", op, prep.rows)
+    logits: Any
+    if wanted == "text":
+        check_texts(texts, settings, names[: len(texts)])
+        outputs = await handle.run_texts(op, texts, names[: len(texts)])
+        logits, tokens, truncated = outputs.outputs, outputs.total_tokens, len(outputs.truncated)
     else:
-        payloads = [PairPayload(px, ids) for px, ids in zip(pixels, prep.rows, strict=True)]
-        logits = await handle.run("pair", op, payloads)
-        tokens = len(pixels) * image_tokens(handle)
-    tokens += prep.total_tokens
-    truncated = len(prep.truncated)
+        prep = await tokenize(handle, texts, settings, names[: len(texts)])
+        pixels = (await load_images(handle, images, settings, fetcher, names[: len(images)])).pixels
+        if wanted == "image":
+            logits = await handle.run("image", op, pixels)
+        else:
+            payloads = [PairPayload(px, ids) for px, ids in zip(pixels, prep.rows, strict=True)]
+            logits = await handle.run("pair", op, payloads)
+        tokens = len(pixels) * image_tokens(handle) + prep.total_tokens
+        truncated = len(prep.truncated)
     labels = list(spec.labels)
     data = []
     for i, row in enumerate(logits):

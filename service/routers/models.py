@@ -53,6 +53,7 @@ def _card(info: VersionInfo, engine: Engine) -> dict[str, Any]:
         "active": info.active,
         "serving": serving,
         "runtime": current.kind if serving and current else None,
+        "runtime_selection": current.runtime_choice if serving and current else None,
         "device": current.device if serving and current else None,
         "embedding_dim": config.get("embed_dim"),
         "heads": {
@@ -84,6 +85,7 @@ def _cards(engine: Engine) -> list[dict[str, Any]]:
                 "active": False,
                 "serving": True,
                 "runtime": current.kind,
+                "runtime_selection": current.runtime_choice,
                 "device": current.device,
                 "embedding_dim": current.dim,
                 "heads": {

@@ -66,6 +66,7 @@ def make_settings(model_store: Path, data_dir: Path, **overrides: Any) -> Settin
         "api_keys": [API_KEY],
         "log_json": True,
         "log_level": "warning",
+        "access_log_sample": 1.0,  # tests read the line of every request
         "max_wait_ms": 2.0,
         "test_hooks": True,
         "gc_freeze": False,
@@ -83,9 +84,9 @@ def settings_env(values: dict[str, Any]) -> dict[str, str]:
 class LiveServer:
     """uvicorn serving `create_app(settings)` on 127.0.0.1:<free port>, in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app: Any = None) -> None:
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = app if app is not None else create_app(settings)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -153,6 +154,7 @@ class ServeProcess:
             "runtime": "torch",
             "device": "cpu",
             "threads": 1,
+            "workers": 1,
             "api_keys": API_KEY,
             "log_level": "warning",
             "gc_freeze": False,

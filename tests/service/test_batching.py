@@ -188,3 +188,141 @@ def test_a_runtime_failure_is_a_500_in_the_error_shape_and_the_service_recovers(
         handle.runtime.encode_texts = original
         assert c.get("/ready").status_code == 200
         assert c.post("/v1/embeddings", json={"input": "x"}).status_code == 200
+
+
+# --- the pipelined stages (pre -> core -> post) ------------------------------------------------------
+def _text_queue(seen: list[list[int]], **kwargs: Any) -> BatchQueue:
+    """A queue shaped like the service's text queue: strings are 'tokenised' (one id per character) in
+    the pre stage, padded in collate, and the model returns each row's sum with its length."""
+
+    def prepare(op: str, texts: list[str]) -> list[Any]:
+        return [
+            ValueError(f"bad {t}") if t.startswith("bad") else np.array([ord(c) for c in t]) for t in texts
+        ]
+
+    def collate(op: str, rows: list[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
+
+    def process(op: str, batch: np.ndarray) -> list[tuple[int, int]]:
+        seen.append([int(batch.shape[0]), int(batch.shape[1])])
+        if (batch == ord("!")).any():
+            raise RuntimeError("the model cannot read '!'")
+        return [(int(row.sum()), int(batch.shape[1])) for row in batch]
+
+    options = {"max_batch": 16, "max_wait_s": 0.0, "capacity": 4096, **kwargs}
+    queue = BatchQueue("text", process, prepare=prepare, collate=collate, cost=len, **options)
+    queue.start()
+    return queue
+
+
+def test_pipelined_queue_loses_and_mixes_up_nothing_under_concurrency() -> None:
+    rng = np.random.default_rng(17)
+    texts = [
+        "".join(chr(97 + int(c)) for c in rng.integers(0, 26, size=int(n))) for n in rng.integers(1, 40, 600)
+    ]
+    seen: list[list[int]] = []
+    queue = _text_queue(seen, max_batch_tokens=128)
+
+    async def client(k: int) -> list[list[int]]:
+        got = []
+        for j in range(k, len(texts), 24):  # 24 clients, each sends its share one or three at a time
+            chunk = texts[j : j + (3 if j % 2 else 1)]
+            got.append([r[0] for r in await queue.run("op", chunk, timeout=30)])
+            await asyncio.sleep(0)
+        return got
+
+    async def main() -> list[list[list[int]]]:
+        return await asyncio.gather(*(client(k) for k in range(24)))
+
+    results = asyncio.run(main())
+    for k, got in enumerate(results):
+        starts = list(range(k, len(texts), 24))
+        for j, sums in zip(starts, got, strict=True):
+            chunk = texts[j : j + (3 if j % 2 else 1)]
+            assert sums == [sum(ord(c) for c in t) for t in chunk]
+    sent = sum(len(texts[j : j + (3 if j % 2 else 1)]) for k in range(24) for j in range(k, len(texts), 24))
+    assert sum(rows for rows, _ in seen) == sent  # every item ran exactly once
+    assert max(rows for rows, _ in seen) > 1  # batches formed
+    for rows, length in seen:  # the token budget holds, except for an item alone over it
+        assert rows * length <= 128 or rows == 1
+    queue.stop()
+
+
+def test_length_sorted_grouping_keeps_one_long_text_from_padding_short_ones() -> None:
+    seen: list[list[int]] = []
+    release = threading.Event()
+    blocker_seen = threading.Event()
+
+    def gate(op: str, payloads: list[str]) -> list[Any]:
+        if payloads == ["block"]:
+            blocker_seen.set()
+            release.wait(10)
+        return [np.array([1] * len(t)) for t in payloads]
+
+    queue = _text_queue(seen, max_batch=8, max_batch_tokens=64)
+    queue._prepare = gate
+
+    async def main() -> None:
+        first = asyncio.ensure_future(queue.run("op", ["block"], timeout=10))
+        await _until(blocker_seen.is_set)
+        # while pre is held, one long text and fifteen short ones queue up
+        pending = [asyncio.ensure_future(queue.run("op", ["x" * 60], timeout=10))]
+        pending += [asyncio.ensure_future(queue.run("op", ["ab"], timeout=10)) for _ in range(15)]
+        await asyncio.sleep(0)
+        release.set()
+        await first
+        await asyncio.gather(*pending)
+
+    asyncio.run(main())
+    queue.stop()
+    assert [1, 60] in seen  # the long text went alone
+    assert all(length <= 5 for rows, length in seen if [rows, length] != [1, 60])  # nothing padded to 60
+    assert sum(rows for rows, _ in seen) == 17
+
+
+def test_pipelined_failures_stay_with_their_own_request() -> None:
+    """A text that fails in the pre stage, or that the model refuses inside a batch, fails only the
+    request that sent it; the others in the same batch get their results."""
+    seen: list[list[int]] = []
+    queue = _text_queue(seen, max_batch=32, max_wait_s=0.05)
+
+    async def main() -> list[Any]:
+        requests = [["fine", "also"], ["bad one"], ["ok!"], ["good"], ["more", "bad two"]]
+        return await asyncio.gather(
+            *(queue.run("op", r, timeout=10) for r in requests), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert [r[0] for r in results[0]] == [sum(map(ord, "fine")), sum(map(ord, "also"))]
+    assert isinstance(results[1], ValueError) and "bad one" in str(results[1])
+    assert isinstance(results[2], RuntimeError)  # the model refused it (retried alone)
+    assert results[3][0][0] == sum(map(ord, "good"))
+    assert isinstance(results[4], ValueError)
+    assert queue.alive
+    queue.stop()
+
+
+def test_a_request_past_its_timeout_gets_timeout_error_and_the_queue_goes_on() -> None:
+    release = threading.Event()
+
+    def process(op: str, payloads: list[int]) -> list[int]:
+        if 0 in payloads:
+            release.wait(10)
+        return payloads
+
+    queue = _queue(process, max_wait_s=0)
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await queue.run("op", [0], timeout=0.05)
+        with pytest.raises(TimeoutError):
+            await queue.run("op", [0, 0], timeout=0.05, return_exceptions=True)
+        release.set()
+        assert await queue.run("op", [1, 2], timeout=5) == [1, 2]
+
+    asyncio.run(main())
+    assert queue.alive
+    queue.stop()

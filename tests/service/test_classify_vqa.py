@@ -6,6 +6,7 @@ import asyncio
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -154,11 +155,11 @@ def test_label_cache_entries_evicted_during_an_await_are_not_lost(
         await classify.label_embeddings(handle, [cached], settings)
         gate, entered = asyncio.Event(), asyncio.Event()
 
-        async def first_call_waits(rows: list[np.ndarray]) -> np.ndarray:
+        async def first_call_waits(texts: list[str], params: list[str] | None = None) -> Any:
             if not entered.is_set():
                 entered.set()
                 await gate.wait()
-            return await original(rows)
+            return await original(texts, params)
 
         monkeypatch.setattr(handle, "embed_texts", first_call_waits)
         a = asyncio.ensure_future(classify.label_embeddings(handle, [cached, fresh], settings))

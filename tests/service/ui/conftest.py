@@ -68,6 +68,7 @@ class ServeProcess:
             "api_keys": API_KEY,
             "threads": 1,
             "job_threads": 1,
+            "workers": 1,  # one API process: the browser tests follow one server's state
             "log_level": "warning",
             "collections_fsync": False,
             "gc_freeze": False,
