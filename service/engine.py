@@ -427,7 +427,8 @@ class Engine:
     def _load_fastest(self, reference: str | None) -> tuple[Any, Any]:
         """`runtime=auto` (service/runtime_choice.py)."""
         from momo.artifact import load_artifact
-        from momo.runtime import load_runtime, weights_sha256
+        from momo.graphs import weights_sha256
+        from momo.runtime import load_runtime
         from service import runtime_choice
 
         s = self.settings

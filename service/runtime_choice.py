@@ -120,7 +120,7 @@ def _time(fn: Callable[[], Any]) -> float:
 
 
 def ships_int8(artifact: Any) -> bool:
-    from momo.runtime import format_files
+    from momo.graphs import format_files
 
     return all(name in artifact.manifest.files for name in format_files("onnx-int8"))
 
