@@ -49,3 +49,29 @@ def test_unknown_or_mistyped_objective_options_fail_when_the_recipe_loads() -> N
             {"name": "r", "stages": [{**stage, "objective_options": {"itm": {"max_batch": "8"}}}]}
         )
     assert parse_options("itm", {"max_batch": 8}).max_batch == 8
+
+
+def test_the_bundled_recipe_runs_from_shards(micro_shards: Path, tmp_path: Path) -> None:
+    """The default recipe's code path, every stream (definitions included) read from the micro data's
+    shards, with the momo-test preset and 2 steps a stage."""
+    import yaml
+
+    from training.pretrain import run_pretraining
+
+    raw = yaml.safe_load((RECIPE_DIR / "default.yaml").read_text())
+    for stage in raw["stages"]:
+        stage.update(steps=2, warmup_steps=1, log_every=1, checkpoint_every=0)
+        for stream in stage["streams"]:
+            stream.update(batch_size=8)
+            stream.pop("limit", None)
+    raw.update(
+        preset="momo-test",
+        data_dir=str(micro_shards),
+        tokenizer={"corpus": ["text/train.txt"], "min_frequency": 1},
+    )
+    recipe = recipe_from_dict(raw).from_shards(workers=0)
+    assert all(s.source == "shards" for stage in recipe.stages for s in stage.streams)
+    result = run_pretraining(recipe, tmp_path / "run", progress=False)
+    assert result.steps == {"images": 2, "images_text": 2, "text_pairs": 2, "downstream": 2}
+    assert {"definitions/ttc", "pairs/itm", "pairs/itc"} <= set(result.final_losses["text_pairs"])
+    assert result.model is not None and result.model.token_head is not None

@@ -29,7 +29,9 @@ import pytest
 from tests.service.helpers import settings_env
 
 ROOT = Path(__file__).resolve().parents[3]
-BUNDLED = ("momo-tiny", "v1")
+# the committed store's active version (what `make serve` serves)
+_ACTIVE = json.loads((ROOT / "model_store" / "active.json").read_text())
+BUNDLED = (str(_ACTIVE["name"]), str(_ACTIVE["version"]))
 API_KEY = "ui-test-key"
 CHROMIUM = Path("/usr/bin/chromium")
 # Without these Chromium reaches out to the network (updates, field trials, sync, first-run pages).

@@ -38,7 +38,7 @@ def test_fine_tune_follow_the_job_and_activate_its_version(
     playground: Playground, server: ServeProcess, files: Any
 ) -> None:
     base = "{}:{}".format(*BUNDLED)
-    new = f"{BUNDLED[0]}:v2"
+    new = f"{BUNDLED[0]}:v{int(BUNDLED[1][1:]) + 1}"  # the next version of the private store
     playground.expect_http_errors(400)
     page = playground.open("finetune")
     panel = page.get_by_role("tabpanel", name="Fine-tune")

@@ -135,7 +135,7 @@ def test_eval_without_vqa_head_and_without_manifest(
     report = json.loads((out / "eval.json").read_text())
     assert [s["task"] for s in report["skipped"]] == ["shapes_vqa", "heldout_itm"]
     assert "no 'vqa' head" in (out / "eval.md").read_text()
-    assert {r["task"] for r in report["rows"]} == {"shapes_retrieval", "emoji_retrieval"}
+    assert {r["task"] for r in report["rows"]} == {"shapes_retrieval", "emoji_retrieval", "clipart_retrieval"}
     assert all(r["random_init"] is None for r in report["rows"])
     assert (path / "manifest.json").read_text() == manifest_before
 
