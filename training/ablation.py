@@ -236,7 +236,7 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from training.engine import read_metrics
+    from training.run_log import read_metrics
 
     written = []
     arms = list(table)

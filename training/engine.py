@@ -15,7 +15,6 @@ global index, not of the rank that runs it, so 1 process × 2 accumulation passe
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -292,8 +291,7 @@ def train_step(
     for name, loader in loaders.items():
         if loader.skipped:
             logs[f"{name}/skipped"] = float(loader.skipped)
-    params = [p for p in model.module.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+    grad_norm = model.clip_grad_norm(stage.grad_clip)
     # Every rank holds the same reduced gradients, so every rank stops here together (a rank that
     # raised at its own loss would leave the others waiting in the all-reduce).
     if not_finite or not torch.isfinite(grad_norm):
@@ -327,30 +325,20 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)  # a crash mid-write never leaves a half checkpoint under the real name
 
 
-def snapshot_heads(module: PretrainModule, kept: dict[str, Any]) -> None:
-    """Remember the heads the artifact keeps (ITM, VQA) and the contrastive temperature."""
+def snapshot_heads(module: PretrainModule, state: dict[str, torch.Tensor], kept: dict[str, Any]) -> None:
+    """Remember the heads the artifact keeps (ITM, VQA, the MLM token head) and the contrastive
+    temperature, read from `state` (the full module state: under FSDP the module holds only shards)."""
     for name in KEPT_HEADS:
         objective = module.objectives[name] if name in module.objectives else None  # noqa: SIM401
-        head = getattr(objective, "head", None)
-        if head is not None:
-            spec = getattr(objective, "spec", None)
-            kept[name] = {
-                "state": {k: v.detach().clone().cpu() for k, v in head.state_dict().items()},
-                "spec": spec.to_dict() if isinstance(spec, HeadSpec) else None,
-            }
+        if getattr(objective, "head", None) is None:
+            continue
+        prefix = f"objectives.{name}.head."
+        spec = getattr(objective, "spec", None)
+        kept[name] = {
+            "state": {k[len(prefix) :]: v.clone() for k, v in state.items() if k.startswith(prefix)},
+            "spec": spec.to_dict() if isinstance(spec, HeadSpec) else None,
+        }
     if "itc" in module.objectives:
         itc = module.objectives["itc"]
         assert isinstance(itc, ITCLoss)
-        kept["temperature"] = itc.temperature
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_metrics(path: Path, global_step: int) -> None:
-    """On resume, forget log lines written after the checkpoint (they will be written again)."""
-    rows = [r for r in read_metrics(path) if r.get("global_step", 0) <= global_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        kept["temperature"] = itc.temperature_of(state["objectives.itc.logit_scale"])

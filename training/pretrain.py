@@ -11,7 +11,6 @@ Layout of a run directory (`--out`):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -37,59 +36,6 @@ class RunResult:
     model: Any = None  # MoMoModel
 
 
-def _is_loss(key: str) -> bool:
-    """Metrics keys `<stream>/<loss>`; not accuracies or the skipped-sample counts."""
-    return "/" in key and not key.endswith(("accuracy", "/skipped"))
-
-
-def _mean_of(rows: list[dict[str, Any]], keys: set[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key in keys:
-        values = [r[key] for r in rows if key in r]
-        if values:
-            out[key] = sum(values) / len(values)
-    return out
-
-
-def summarise_losses(rows: list[dict[str, Any]], window: int = 5) -> tuple[dict[str, dict[str, float]], ...]:
-    """Per stage: mean of each loss over the first and last `window` logged steps."""
-    first: dict[str, dict[str, float]] = {}
-    last: dict[str, dict[str, float]] = {}
-    for stage in dict.fromkeys(r["stage"] for r in rows):
-        stage_rows = [r for r in rows if r["stage"] == stage]
-        keys = {k for r in stage_rows for k in r if _is_loss(k)}
-        first[stage] = _mean_of(stage_rows[:window], keys)
-        last[stage] = _mean_of(stage_rows[-window:], keys)
-    return first, last
-
-
-def plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
-    """One panel per stage, one line per stream/objective loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stages = list(dict.fromkeys(r["stage"] for r in rows))
-    if not stages:
-        return
-    fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.6), squeeze=False)
-    for ax, stage in zip(axes[0], stages, strict=True):
-        stage_rows = [r for r in rows if r["stage"] == stage]
-        keys = sorted({k for r in stage_rows for k in r if _is_loss(k)})
-        for key in keys:
-            points = [(r["step"], r[key]) for r in stage_rows if key in r]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
-        ax.set_title(f"stage: {stage}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def run_pretraining(
     recipe: Any,  # training.recipe.Recipe
     out_dir: Path,
@@ -111,10 +57,10 @@ def run_pretraining(
 
     from momo.artifact import Manifest, save_artifact
     from momo.heads import ITM_SPEC, HeadSpec
-    from momo.model import MoMoModel
+    from momo.model import MoMoEncoder, MoMoModel
     from momo.store import ModelStore
     from momo.tokenizer import MoMoTokenizer
-    from training import engine
+    from training import engine, run_log
     from training.data.formats import read_text_lines
     from training.distributed import Replicated, init_distributed
     from training.recipe import save_recipe
@@ -186,7 +132,7 @@ def run_pretraining(
         previous_state = torch.load(init_from, map_location="cpu", weights_only=False)["module"]
     elapsed_before = checkpoint["elapsed"] if checkpoint else 0.0
     if checkpoint is not None and dist_info.is_main:
-        engine.truncate_metrics(metrics_path, global_step)
+        run_log.truncate_metrics(metrics_path, global_step)
 
     if any(s.workers for stage in recipe.stages for s in stage.streams):
         # Workers are forked after the tokenizer ran here; its thread pool must not be inherited.
@@ -226,13 +172,15 @@ def run_pretraining(
                 tqdm_write(
                     f"stage {stage.name}: starts from the previous weights; new heads {new}, dropped {gone}"
                 )
-        replicated = Replicated(module, dist_info, dev)
+        replicated = Replicated(module, dist_info, dev, recipe.parallelism)
         optimizer = engine.build_optimizer(module, stage)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, engine.warmup_cosine(stage))
         step = 0
         if resuming_here:
             assert checkpoint is not None
-            optimizer.load_state_dict(checkpoint["optimizer"])
+            replicated.load_optimizer_state_dict(
+                optimizer, checkpoint.get("optimizer_format", "torch"), checkpoint["optimizer"]
+            )
             scheduler.load_state_dict(checkpoint["scheduler"])
             for name, loader_state in checkpoint["loaders"].items():
                 loaders[name].load_state_dict(loader_state)
@@ -274,13 +222,10 @@ def run_pretraining(
                     "samples_per_s": round(throughput, 2),
                     "time": round(time.time(), 3),
                 }
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            shown = {k.split("/")[-1]: v for k, v in logs.items() if _is_loss(k)}
+                run_log.append_metrics(metrics_path, row)
+            shown = {k.split("/")[-1]: v for k, v in logs.items() if run_log.is_loss_key(k)}
             bar.set_postfix({**{k: f"{v:.3f}" for k, v in shown.items()}, "samples/s": f"{throughput:.0f}"})
             bar.update(1)
-            if step == stage.steps:
-                engine.snapshot_heads(module, kept)
             tag = None
             if step == stage.steps:
                 tag = f"stage{stage_index + 1}-{stage.name}-end"
@@ -288,10 +233,17 @@ def run_pretraining(
                 stop_after is not None and global_step >= stop_after
             ):
                 tag = f"stage{stage_index + 1}-step{step}"
+            if tag:
+                # Collectives under FSDP: every rank gathers, rank 0 writes.
+                full_state = replicated.full_state_dict()
+                optimizer_format, optimizer_state = replicated.optimizer_state_dict(optimizer)
+                if step == stage.steps:
+                    engine.snapshot_heads(module, full_state, kept)
             if tag and dist_info.is_main:
                 payload = {
-                    "module": module.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "module": full_state,
+                    "optimizer": optimizer_state,
+                    "optimizer_format": optimizer_format,
                     "scheduler": scheduler.state_dict(),
                     "loaders": {n: ld.state_dict() for n, ld in loaders.items()},
                     "stage_index": stage_index,
@@ -317,13 +269,13 @@ def run_pretraining(
         for loader in loaders.values():
             loader.close()
         result.steps[stage.name] = stage.steps
-        previous_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        previous_state = replicated.full_state_dict()  # the next stage's start (and the artifact's)
 
     result.wall_seconds = elapsed_before + time.perf_counter() - started
-    rows = engine.read_metrics(metrics_path) if dist_info.is_main else []
-    result.first_losses, result.final_losses = summarise_losses(rows)
+    rows = run_log.read_metrics(metrics_path) if dist_info.is_main else []
+    result.first_losses, result.final_losses = run_log.summarise_losses(rows)
     if dist_info.is_main and rows:
-        plot_losses(rows, out_dir / "loss_curves.png")
+        run_log.plot_losses(rows, out_dir / "loss_curves.png")
     assert module is not None, "the recipe has no stages"
 
     # The artifact: encoder + kept heads (ITM, VQA, the MLM token head) + the contrastive temperature.
@@ -332,9 +284,14 @@ def run_pretraining(
         heads["itm"] = ITM_SPEC
     if "vqa" in kept and kept["vqa"]["spec"]:
         heads["vqa"] = HeadSpec.from_dict(kept["vqa"]["spec"])
+    assert previous_state is not None
+    encoder = MoMoEncoder(config)  # unsharded, on CPU: the module itself may hold FSDP shards on a GPU
+    encoder.load_state_dict(
+        {k.removeprefix("encoder."): v for k, v in previous_state.items() if k.startswith("encoder.")}
+    )
     model = MoMoModel(
         config,
-        encoder=module.encoder.cpu(),
+        encoder=encoder,
         head_specs=heads,
         temperature=kept.get("temperature", 0.07),
         with_token_head="mlm" in kept,

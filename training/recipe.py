@@ -8,6 +8,7 @@ seed: 0
 tokenizer: {corpus: [text/train.txt]}   # or {path: tokenizer.json} to reuse a fixed one
 precision: auto           # bf16 autocast on CUDA and on CPU where measured faster; or fp32 / bf16
 activation_checkpointing: false   # recompute each block in backward (less memory, ~1/3 more compute)
+parallelism: ddp          # under torchrun: ddp replicates the module; fsdp shards it (momo-large)
 stages:
   - name: images
     steps: 600
@@ -39,6 +40,8 @@ import yaml
 from momo.config import MoMoConfig, get_preset
 from training.losses import OBJECTIVES, parse_options
 from training.streams import STREAM_KINDS
+
+Parallelism = Literal["ddp", "fsdp"]  # across ranks (training.distributed)
 
 Mode = Literal["simultaneous", "alternating"]
 Source = Literal["memory", "shards"]
@@ -127,10 +130,13 @@ class Recipe:
     data_dir: str = "data"
     precision: Precision = "auto"
     activation_checkpointing: bool = False
+    parallelism: Parallelism = "ddp"
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
+        if self.parallelism not in ("ddp", "fsdp"):
+            raise ValueError(f"parallelism must be ddp or fsdp, not {self.parallelism!r}")
 
     def model_config(self) -> MoMoConfig:
         return get_preset(self.preset, **self.config)

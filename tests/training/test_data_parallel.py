@@ -1,5 +1,7 @@
-"""torch DDP against one process: 2 processes × half of every global batch give the parameters 1
-process gives with the whole batch (as 2 accumulated micro-batches), in both update modes.
+"""torch DDP and FSDP against one process: 2 processes × half of every global batch give the
+parameters 1 process gives with the whole batch (as 2 accumulated micro-batches), in both update
+modes; an FSDP run interrupted and resumed from its (gathered) checkpoint ends where an uninterrupted
+one does.
 
 The micro-batch is the unit of a step's randomness (masks, negatives) and of its batch-coupled
 losses (contrastive, token-normalised MLM), so "half the batch" per rank is compared with the same
@@ -13,9 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.training.conftest import torchrun_two
+from training.distributed import FSDP_OPTIMIZER_FORMAT, DistInfo, Replicated
 from training.pretrain import run_pretraining
 from training.recipe import Recipe, recipe_from_dict
 
@@ -26,12 +30,17 @@ from training.recipe import recipe_from_dict
 from training.pretrain import run_pretraining
 torch.set_num_threads(1)
 for name, recipe in json.loads(Path(sys.argv[1]).read_text()).items():
-    run_pretraining(recipe_from_dict(recipe), Path(sys.argv[2]) / name, progress=False)
+    out = Path(sys.argv[2]) / name
+    if name.endswith("-resumed"):  # interrupted after 2 steps, then resumed from the checkpoint
+        run_pretraining(recipe_from_dict(recipe), out, progress=False, stop_after=2)
+        run_pretraining(recipe_from_dict(recipe), out, progress=False, resume="auto")
+    else:
+        run_pretraining(recipe_from_dict(recipe), out, progress=False)
 dist.destroy_process_group()
 """
 
 
-def mixed_recipe(data_dir: Path, mode: str, steps: int = 4) -> Recipe:
+def mixed_recipe(data_dir: Path, mode: str, steps: int = 4, parallelism: str = "ddp") -> Recipe:
     """One stage of three streams with disjoint heads: MIM on scenes, MLM on text, ITC+ITM on pairs."""
     pairs = ["shapes/train/pairs.jsonl", "emoji/train/pairs.jsonl"]
 
@@ -57,8 +66,9 @@ def mixed_recipe(data_dir: Path, mode: str, steps: int = 4) -> Recipe:
     }
     return recipe_from_dict(
         {
-            "name": f"ddp-{mode}",
+            "name": f"{parallelism}-{mode}",
             "preset": "momo-test",
+            "parallelism": parallelism,
             "seed": 0,
             "data_dir": str(data_dir),
             "tokenizer": {"path": "tokenizer.json"},
@@ -77,18 +87,28 @@ def test_two_processes_with_half_batches_equal_one_process(micro_shards: Path, t
         # alternating from shards, decoded in a DataLoader worker per stream and rank
         "alternating": mixed_recipe(micro_shards, "alternating").from_shards(workers=1),
     }
-    (tmp_path / "recipes.json").write_text(json.dumps({k: r.to_dict() for k, r in recipes.items()}))
+    # The same runs with the module sharded by FSDP (one process: parallelism changes nothing).
+    sharded = {
+        "fsdp-simultaneous": mixed_recipe(micro_shards, "simultaneous", parallelism="fsdp"),
+        "fsdp-alternating-resumed": mixed_recipe(micro_shards, "alternating", parallelism="fsdp").from_shards(
+            workers=1
+        ),
+    }
+    runs = {**recipes, **sharded}
+    (tmp_path / "recipes.json").write_text(json.dumps({k: r.to_dict() for k, r in runs.items()}))
     torchrun_two(DDP_RUNS, [str(tmp_path / "recipes.json"), str(tmp_path / "ddp")], tmp_path)
 
     torch.set_num_threads(1)
     for name, recipe in recipes.items():
         single = run_pretraining(recipe, tmp_path / "single" / name, progress=False)
         assert single.steps == {"mixed": 4}
-        one, two = _module_state(tmp_path / "single" / name), _module_state(tmp_path / "ddp" / name)
-        assert set(one) == set(two)
+        one = _module_state(tmp_path / "single" / name)
         start = _module_state_at_start(recipe)
-        for key, value in one.items():
-            assert torch.allclose(value, two[key], rtol=1e-4, atol=1e-6), f"{name}: {key}"
+        for parallel in (name, *(k for k in sharded if k.split("-")[1] == name)):
+            two = _module_state(tmp_path / "ddp" / parallel)
+            assert set(one) == set(two), parallel
+            for key, value in one.items():
+                assert torch.allclose(value, two[key], rtol=1e-4, atol=1e-6), f"{parallel}: {key}"
         # Every head moved (each stream ran), so the comparison is not between untouched tensors.
         for head in ("mim", "mlm", "itc", "itm"):
             moved = [
@@ -96,20 +116,20 @@ def test_two_processes_with_half_batches_equal_one_process(micro_shards: Path, t
             ]
             assert moved, f"{name}: the {head} head never moved"
 
-    # Alternating: steps run scenes, text, pairs, scenes. Under DDP the MLM head, idle after step 2
-    # (whose checkpoint is step2), is exactly where it was: no zero gradient reached AdamW's decay
-    # and momentum.
-    checkpoints = tmp_path / "ddp" / "alternating" / "checkpoints"
-    states = [
-        torch.load(checkpoints / f, map_location="cpu", weights_only=False)["module"]
-        for f in ("stage1-step2.pt", "stage1-step3.pt", "stage1-mixed-end.pt")
-    ]
-    mlm = [k for k in states[0] if k.startswith("objectives.mlm.")]
-    assert mlm
-    for key in mlm:
-        assert torch.equal(states[0][key], states[1][key]) and torch.equal(states[0][key], states[2][key]), (
-            key
-        )
+    # Alternating: steps run scenes, text, pairs, scenes. Under DDP and FSDP the MLM head, idle after
+    # step 2 (whose checkpoint is step2), is exactly where it was: no zero gradient reached AdamW's
+    # decay and momentum.
+    for run in ("alternating", "fsdp-alternating-resumed"):
+        checkpoints = tmp_path / "ddp" / run / "checkpoints"
+        states = [
+            torch.load(checkpoints / f, map_location="cpu", weights_only=False)["module"]
+            for f in ("stage1-step2.pt", "stage1-step3.pt", "stage1-mixed-end.pt")
+        ]
+        mlm = [k for k in states[0] if k.startswith("objectives.mlm.")]
+        assert mlm
+        for key in mlm:
+            assert torch.equal(states[0][key], states[1][key]), (run, key)
+            assert torch.equal(states[0][key], states[2][key]), (run, key)
 
 
 def _module_state_at_start(recipe: Recipe) -> dict[str, torch.Tensor]:
@@ -121,3 +141,15 @@ def _module_state_at_start(recipe: Recipe) -> dict[str, torch.Tensor]:
     torch.manual_seed(recipe.seed)
     module = engine.build_module(recipe.model_config(), recipe.stages[0], engine.token_info(tokenizer), None)
     return module.state_dict()
+
+
+def test_a_checkpoint_resumes_only_with_the_parallelism_it_was_written_with() -> None:
+    """An FSDP checkpoint's optimizer state is keyed by name; a run without FSDP says so, not KeyError."""
+    module = torch.nn.Linear(2, 2)
+    replicated = Replicated(module, DistInfo(), torch.device("cpu"), "fsdp")  # one process: not sharded
+    optimizer = torch.optim.AdamW(module.parameters())
+    with pytest.raises(ValueError, match="resume with the recipe's `parallelism`"):
+        replicated.load_optimizer_state_dict(
+            optimizer, FSDP_OPTIMIZER_FORMAT, {"state": {}, "param_groups": []}
+        )
+    replicated.load_optimizer_state_dict(optimizer, "torch", optimizer.state_dict())  # its own format loads

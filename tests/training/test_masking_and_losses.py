@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.losses import weighted_sum
-from training.losses.contrastive import info_nce
+from training.losses.contrastive import ITCLoss, info_nce
 from training.losses.matching import sample_hard_negatives
 from training.losses.mim import patchify
 from training.masking import IGNORE_INDEX, mask_tokens, random_patch_masking
@@ -88,3 +88,13 @@ def test_weighted_sum_is_the_one_combination() -> None:
     assert weighted_sum(losses, {"mim": 0.5}).item() == pytest.approx(4.0)
     with pytest.raises(ValueError):
         weighted_sum({}, {})
+
+
+def test_learned_temperature_is_1d_and_loads_a_scalar_saved_by_earlier_runs() -> None:
+    """FSDP shards no 0-d parameter, so `logit_scale` is (1,); checkpoints from before hold a 0-d one."""
+    itc = ITCLoss(init_temperature=0.05)
+    assert itc.logit_scale.shape == (1,)
+    assert itc.temperature == pytest.approx(0.05)
+    itc.load_state_dict({"logit_scale": torch.tensor(math.log(1.0 / 0.2))})  # a 0-d value
+    assert itc.logit_scale.shape == (1,)
+    assert itc.temperature == pytest.approx(0.2)

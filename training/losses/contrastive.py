@@ -21,21 +21,40 @@ def info_nce(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | floa
     return 0.5 * (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits.t().float(), targets))
 
 
-class ITCLoss(Objective):
-    name = "itc"
-    needs = ("pixels", "input_ids", "attention_mask")
+class LearnedTemperature(Objective):
+    """An objective with a learnable InfoNCE temperature, clamped to at most `max_logit_scale`.
+
+    `logit_scale` is (1,), not a 0-d scalar: FSDP shards no 0-d parameter. A 0-d value saved by
+    earlier runs still loads (reshaped by the pre-hook).
+    """
 
     def __init__(self, init_temperature: float = 0.07, max_logit_scale: float = 100.0):
         super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / init_temperature)))
         self.max_log = math.log(max_logit_scale)
+        self.register_load_state_dict_pre_hook(_scalar_logit_scale_as_1d)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(0.0, self.max_log).exp()
+        return self.logit_scale.clamp(0.0, self.max_log).exp()  # (1,)
+
+    def temperature_of(self, logit_scale: torch.Tensor) -> float:
+        """The temperature a saved `logit_scale` value stands for (clamped as in training)."""
+        return float(1.0 / logit_scale.detach().clamp(0.0, self.max_log).exp())
 
     @property
     def temperature(self) -> float:
-        return float(1.0 / self.scale().detach())
+        return self.temperature_of(self.logit_scale)
+
+
+def _scalar_logit_scale_as_1d(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    key = prefix + "logit_scale"
+    if key in state_dict and state_dict[key].ndim == 0:
+        state_dict[key] = state_dict[key].reshape(1)
+
+
+class ITCLoss(LearnedTemperature):
+    name = "itc"
+    needs = ("pixels", "input_ids", "attention_mask")
 
     def forward(
         self, encoder: MoMoEncoder, batch: Batch, generator: torch.Generator, context: dict[str, Any]

@@ -8,25 +8,18 @@ definition pairs (GCIDE, 140k in train) teach the same embedding what words mean
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-from torch import nn
 
 from momo.model import MoMoEncoder
-from training.losses.base import Batch, Objective
-from training.losses.contrastive import info_nce
+from training.losses.base import Batch
+from training.losses.contrastive import LearnedTemperature, info_nce
 
 
-class TextContrastiveLoss(Objective):
+class TextContrastiveLoss(LearnedTemperature):
     name = "ttc"
     needs = ("input_ids", "attention_mask")
-
-    def __init__(self, init_temperature: float = 0.07, max_logit_scale: float = 100.0):
-        super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_log = math.log(max_logit_scale)
 
     def forward(
         self, encoder: MoMoEncoder, batch: Batch, generator: torch.Generator, context: dict[str, Any]
@@ -36,5 +29,4 @@ class TextContrastiveLoss(Objective):
             raise ValueError("the ttc objective reads text_pair streams (queries, then their texts)")
         b = int(batch.meta["pair_size"])
         embedded = encoder.embed_text(batch.input_ids, batch.attention_mask)  # (2B, E), unit norm
-        scale = self.logit_scale.clamp(0.0, self.max_log).exp()
-        return {self.name: info_nce(embedded[:b], embedded[b:], scale)}
+        return {self.name: info_nce(embedded[:b], embedded[b:], self.scale())}
