@@ -13,7 +13,8 @@ APT_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji wordnet-base fortun
 	chromium chromium-driver
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck venv system-deps pretrain-default data eval-default export-default bench screenshots clean
+.PHONY: serve test lint typecheck venv system-deps pretrain-default data eval-default export-default bench screenshots \
+	locks locks-check clean
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -74,6 +75,15 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_throughput.py
 	$(VENV)/bin/python benchmarks/runtime.py
 	$(VENV)/bin/python benchmarks/serve_load.py
+
+# The Docker images' hashed lock files (docker/requirements/), resolved on PyPI by `uv pip compile` for
+# the images' Python and platform: rerun `make locks` after changing dependencies in pyproject.toml;
+# `make locks-check` regenerates them into a temporary folder and fails when they differ.
+locks: $(STAMP)
+	UV=$(VENV)/bin/uv bash docker/lock.sh
+
+locks-check: $(STAMP)
+	UV=$(VENV)/bin/uv bash docker/lock.sh --check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,16 +1,18 @@
 """The one `momo` command.
 
-`momo models …` lives here; training commands (`data`, `pretrain`, `finetune`, `eval`, `export`,
-`ablate`) are registered by `training.cli`, service commands (`serve`, `worker`, `collections`) by
-`service.cli`.
-Only the package a command needs is imported, so `momo serve` never imports `training`.
+`momo models …` lives here. The other commands come from the packages above this library, declared in
+pyproject.toml as entry points of the group `momo.commands`: name = the command, value = the
+`register(app)` that adds it (`serve = "service.cli:register"`). `momo` never imports those packages
+itself; it loads only the entry points that a command line names (all of them for `momo --help` or an
+unknown command), so `momo serve` never imports `training`.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -32,11 +34,8 @@ StoreOption = Annotated[
     Path, typer.Option("--store", envvar="MOMO_MODEL_STORE", help="Model store directory.")
 ]
 
-# command name -> the package module whose `register(app)` adds it
-COMMAND_PROVIDERS: dict[str, str] = {
-    **{c: "training.cli" for c in ("data", "pretrain", "finetune", "eval", "export", "ablate")},
-    **{c: "service.cli" for c in ("serve", "worker", "collections")},
-}
+COMMAND_GROUP = "momo.commands"
+_registered: set[str] = set()  # entry point values (`module:function`) already added to `app`
 
 
 @models_app.command("list")
@@ -86,17 +85,31 @@ def models_activate(
     typer.echo(f"active: {info.reference}")
 
 
-def _register_providers(argv: list[str]) -> None:
+def _register_providers(argv: list[str], commands: Iterable[EntryPoint] | None = None) -> None:
+    """Add to `app` the commands that `argv` needs, from `commands` (default: the installed entry
+    points of `COMMAND_GROUP`). One `register` may add several commands; each runs once."""
     command = next((a for a in argv if not a.startswith("-")), None)
-    wanted = {COMMAND_PROVIDERS[command]} if command in COMMAND_PROVIDERS else set(COMMAND_PROVIDERS.values())
-    for module_name in sorted(wanted):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
+    present = {i.name for i in app.registered_commands} | {i.name for i in app.registered_groups}
+    if command is not None and command in present:
+        return  # `momo models …`, or a command registered before
+    declared = list(entry_points(group=COMMAND_GROUP) if commands is None else commands)
+    if not declared:
+        typer.echo(
+            f"momo: no {COMMAND_GROUP} entry points installed (only `momo models` is available);"
+            " reinstall the project (pip install -e .) to get the other commands",
+            err=True,
+        )
+    for entry in [e for e in declared if e.name == command] or sorted(declared, key=lambda e: e.value):
+        if entry.value in _registered:
             continue
-        module.register(app)
+        try:
+            register = entry.load()
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (entry.module + ".").startswith(exc.name + "."):
+                raise
+            continue  # that package is not installed (its commands are left out)
+        register(app)
+        _registered.add(entry.value)
 
 
 def main() -> None:

@@ -1,64 +1,74 @@
-"""`momo serve`: every `Settings` field is a flag of the same name (`max_batch` -> `--max-batch`,
-env `MOMO_MAX_BATCH`). Flags override the environment, which overrides the defaults.
+"""`momo serve` and `momo worker`: every field of their settings model is a flag of the same name
+(`max_batch` -> `--max-batch`, env `MOMO_MAX_BATCH`, a bool `--x/--no-x`), made by pydantic-settings'
+CLI source from the model. Flags override the environment, which overrides the defaults. Also
+`momo collections`.
 
-Registered into the `momo` CLI by `momo.cli` (this module is imported only for `serve`/`worker`).
+Registered into the `momo` CLI through the `momo.commands` entry points of pyproject.toml (this module
+is imported only for these commands and `momo --help`).
 """
 
 from __future__ import annotations
 
-import inspect
-import types
-import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
+from pydantic import Field
+from pydantic_settings import BaseSettings, CliSettingsSource
 
+from service.jobs.settings import JobSettings
 from service.settings import Settings
 
-_FLAG_ALIASES = {"model_store": ["--store"]}
+SettingsModel = TypeVar("SettingsModel", bound=BaseSettings)
+# The flags are parsed by the settings model's CLI source (which also answers --help), not by typer.
+SETTINGS_FLAGS: dict[str, Any] = {
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+    "add_help_option": False,
+}
 
 
-def _option_for(name: str, field: Any) -> tuple[Any, Any]:
-    """(annotation, typer.Option) for one settings field; every default is None (= not given)."""
-    annotation = field.annotation
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        annotation, origin = args[0], typing.get_origin(args[0])
-    flag = "--" + name.replace("_", "-")
-    help_text = field.description or ""
-    decls = [flag, *_FLAG_ALIASES.get(name, [])]
-    if annotation is bool:
-        return bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
-    if origin is typing.Literal:
-        choices = "|".join(str(c) for c in typing.get_args(annotation))
-        return str | None, typer.Option(None, *decls, help=f"{help_text} [{choices}]")
-    if origin is list:
-        return str | None, typer.Option(None, *decls, help=help_text + " (comma-separated)")
-    if annotation in (int, float, Path, str):
-        return annotation | None, typer.Option(None, *decls, help=help_text)
-    return str | None, typer.Option(None, *decls, help=help_text)
+def given_flags(model: type[BaseSettings], args: list[str], prog: str) -> dict[str, Any]:
+    """The fields that `args` sets (raw values, validated when the model is built); --help prints
+    every flag and exits, an unknown flag exits 2."""
+    source: CliSettingsSource[BaseSettings] = CliSettingsSource(
+        model,
+        cli_parse_args=args,
+        cli_prog_name=prog,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,  # bool fields: --x and --no-x
+        cli_shortcuts={"model-store": "store"},
+        cli_hide_none_type=True,
+        cli_avoid_json=True,
+    )
+    return source()
 
 
-def _serve(**flags: Any) -> None:
-    import uvicorn
+def settings_or_exit(model: type[SettingsModel], flags: dict[str, Any]) -> SettingsModel:
+    """`model` from the flags over the environment; invalid values: one `error: field: message` line
+    each on stderr, exit 2."""
     from pydantic import ValidationError
 
-    from momo.store import ModelStore, StoreError
-    from service.app import create_app
-    from service.collections import collections_url
-    from service.server import plan_workers, serve_workers, uvicorn_config
-
-    overrides = {k: v for k, v in flags.items() if v is not None}
     try:
-        settings = Settings(**overrides)
+        return model(**flags)
     except ValidationError as exc:
         for error in exc.errors():
             where = ".".join(str(p) for p in error.get("loc", ())) or "settings"
             typer.echo(f"error: {where}: {error.get('msg')}", err=True)
         raise typer.Exit(2) from None
 
+
+# --- momo serve -------------------------------------------------------------------------------------
+def serve(ctx: typer.Context) -> None:
+    """Serve the model over HTTP (FastAPI + uvicorn). Flags = MOMO_* settings."""
+    import uvicorn
+
+    from momo.store import ModelStore, StoreError
+    from service.app import create_app
+    from service.collections import collections_url
+    from service.server import plan_workers, serve_workers, uvicorn_config
+
+    overrides = given_flags(Settings, ctx.args, "momo serve")
+    settings = settings_or_exit(Settings, overrides)
     store = ModelStore(settings.model_store)
     try:
         path = store.locate(settings.model)
@@ -100,70 +110,25 @@ def _redacted(url: str) -> str:
     return url if url.startswith("sqlite") else make_url(url).render_as_string(hide_password=True)
 
 
-def _flag_parameters(fields: dict[str, Any]) -> list[inspect.Parameter]:
-    """One keyword-only CLI parameter per settings field (flag `--name`, env `MOMO_NAME`)."""
-    parameters = []
-    for name, field in fields.items():
-        annotation, option = _option_for(name, field)
-        parameters.append(
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-        )
-    return parameters
-
-
-def _serve_command() -> Any:
-    parameters = _flag_parameters(Settings.model_fields)
-
-    def serve(**flags: Any) -> None:
-        """Serve the model over HTTP (FastAPI + uvicorn). Flags = MOMO_* settings."""
-        _serve(**flags)
-
-    serve.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    return serve
-
-
 # --- momo worker (fine-tuning jobs) -----------------------------------------------------------------
-def _worker(log_level: str | None, **flags: Any) -> None:
-    from pydantic import ValidationError
+class WorkerSettings(JobSettings):
+    """`momo worker`'s flags: the job settings and the worker's logging level (env MOMO_LOG_LEVEL)."""
 
+    log_level: str = Field(default="info", description="Logging level.")
+
+
+def worker(ctx: typer.Context) -> None:
+    """Run a Celery worker for fine-tuning jobs. Flags = MOMO_* job settings."""
     from service.jobs.db import SchemaMismatch
-    from service.jobs.settings import JobSettings
 
-    try:
-        settings = JobSettings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error.get("loc", ())) or "settings"
-            typer.echo(f"error: {where}: {error.get('msg')}", err=True)
-        raise typer.Exit(2) from None
+    settings = settings_or_exit(WorkerSettings, given_flags(WorkerSettings, ctx.args, "momo worker"))
     from service.worker import run_worker  # the worker side: imports training/
 
     try:
-        run_worker(settings, loglevel=(log_level or "info").lower())
+        run_worker(settings, loglevel=settings.log_level.lower())
     except SchemaMismatch as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-
-
-def _worker_command() -> Any:
-    from service.jobs.settings import JobSettings
-
-    parameters = [
-        inspect.Parameter(
-            "log_level",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(None, "--log-level", envvar="MOMO_LOG_LEVEL", help="Logging level [info]."),
-            annotation=str | None,
-        )
-    ]
-    parameters += _flag_parameters(JobSettings.model_fields)
-
-    def worker(**flags: Any) -> None:
-        """Run a Celery worker for fine-tuning jobs. Flags = MOMO_* job settings."""
-        _worker(**flags)
-
-    worker.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    return worker
 
 
 # --- momo collections (the retrieval stores) ---------------------------------------------------------
@@ -232,12 +197,15 @@ def collections_copy(
 
 def register(app: typer.Typer) -> None:
     """Add `momo serve`, `momo worker` and `momo collections` to the `momo` CLI."""
-    app.command("serve", help="Serve the model over HTTP. Every flag is also a MOMO_* environment variable.")(
-        _serve_command()
-    )
+    app.command(
+        "serve",
+        **SETTINGS_FLAGS,
+        help="Serve the model over HTTP. Every flag is also a MOMO_* environment variable.",
+    )(serve)
     # `momo worker` imports the worker module (and so training/) only when it runs.
     app.command(
         "worker",
+        **SETTINGS_FLAGS,
         help="Run a Celery worker for fine-tuning jobs (broker, database, store from MOMO_* or flags).",
-    )(_worker_command())
+    )(worker)
     app.add_typer(collections_app, name="collections")

@@ -2,6 +2,9 @@
 
 - `momo` imports neither `training` nor `service`; `service` never imports `training` (the API
   process must stay free of training code).
+- The `momo` CLI is no exception: `momo.cli` names neither package, not even in a string handed to
+  importlib; their commands reach it through the `momo.commands` entry points of pyproject.toml, and
+  `momo serve` loads only the service's.
 - Inside `momo` there is no import circle, counting imports inside functions (only `TYPE_CHECKING`
   blocks are left out): `momo.runtime` and `momo.export` meet only in `momo.graphs`, the graph
   format, and neither reaches the other.
@@ -13,6 +16,8 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -43,14 +48,72 @@ def test_package_does_not_import(package: str, forbidden: set[str]) -> None:
     assert result.returncode == 0, f"{package} imported {result.stdout.strip()} {result.stderr[-2000:]}"
 
 
-def test_serve_command_does_not_import_training() -> None:
-    code = (
-        "import sys; from momo import cli; cli._register_providers(['serve']);"
-        "print(sorted(m for m in sys.modules if m.startswith('training')))"
+def declared_commands() -> list[EntryPoint]:
+    """The `momo.commands` entry points as pyproject.toml declares them (not as some install has them)."""
+    group = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["momo.commands"]
+    return [EntryPoint(name, value, "momo.commands") for name, value in group.items()]
+
+
+def test_command_entry_points_live_above_the_library() -> None:
+    commands = declared_commands()
+    assert {"serve", "worker", "collections", "pretrain", "data"} <= {c.name for c in commands}
+    for command in commands:
+        package = command.module.split(".")[0]
+        assert package in {"training", "service"}, f"{command.name} = {command.value}"
+        assert command.attr == "register", command.value
+
+
+@pytest.mark.parametrize(("command", "forbidden"), [("serve", "training"), ("collections", "training")])
+def test_a_command_imports_only_its_own_package(command: str, forbidden: str) -> None:
+    declared = [(c.name, c.value, c.group) for c in declared_commands()]
+    code = "\n".join(
+        [
+            "import sys",
+            "from importlib.metadata import EntryPoint",
+            "from momo import cli",
+            f"cli._register_providers([{command!r}, '--help'], [EntryPoint(*e) for e in {declared!r}])",
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] == {forbidden!r}))",
+        ]
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def _named_packages(tree: ast.AST) -> set[str]:
+    """Top-level packages that `tree` imports anywhere (functions included), by statement or by a
+    literal module name given to importlib.import_module / __import__."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if callee in {"import_module", "__import__"} and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value.split(".")[0])
+    return found
+
+
+def test_momo_never_names_training_or_service() -> None:
+    """Also imports inside functions and by string, which importing every module cannot see."""
+    offenders = {
+        str(path.relative_to(ROOT)): bad
+        for path in sorted(MOMO.rglob("*.py"))
+        if (bad := _named_packages(ast.parse(path.read_text())) & {"training", "service"})
+    }
+    assert offenders == {}
+
+
+def test_the_package_finder_sees_every_form_of_import() -> None:
+    tree = ast.parse(
+        "import importlib\n"
+        "def f():\n    import training.cli\n    from service import app\n"
+        "    importlib.import_module('training.pretrain')\n    __import__('service.cli')\n"
+    )
+    assert _named_packages(tree) >= {"training", "service", "importlib"}
+    assert _named_packages(ast.parse("importlib.import_module('service.cli')")) == {"service"}
 
 
 # --- inside momo: the import graph, read from the source -----------------------------------------------

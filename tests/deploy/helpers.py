@@ -240,14 +240,34 @@ def merge(base: Any, override: Any) -> Any:
 
 
 # --- lock files ------------------------------------------------------------------------------------------
-def read_pins(path: Path) -> dict[str, str]:
-    """canonical name -> the full requirement line ('name==version' or 'name[extras]==version')."""
+@dataclass
+class Pin:
+    line: str  # the requirement as written: 'name==version' or 'name[extras]==version'
+    hashes: list[str] = field(default_factory=list)  # the '--hash=sha256:…' values that follow it
+
+
+def read_lock(path: Path) -> dict[str, Pin]:
+    """canonical name -> its pin, from a requirements file (uv's hashed format: a requirement, then
+    ` \\`-continued `--hash=` lines, then `# via` comments) or a plain hand-written one."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    pins = {}
+    pins: dict[str, Pin] = {}
+    current: Pin | None = None
     for raw in path.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            pins[canonicalize_name(Requirement(line).name)] = line
+        line = raw.split("#", 1)[0].strip().removesuffix("\\").strip()
+        if not line:
+            continue
+        if line.startswith("--hash="):
+            assert current is not None, f"{path.name}: a hash before any requirement"
+            current.hashes.append(line.removeprefix("--hash="))
+            continue
+        name = canonicalize_name(Requirement(line).name)
+        assert name not in pins, f"{path.name} pins {name} twice"
+        current = pins[name] = Pin(line)
     return pins
+
+
+def read_pins(path: Path) -> dict[str, str]:
+    """canonical name -> the requirement line ('name==version' or 'name[extras]==version')."""
+    return {name: pin.line for name, pin in read_lock(path).items()}

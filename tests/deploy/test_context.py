@@ -1,7 +1,12 @@
-"""The Docker build context (.dockerignore) and the pinned versions in docker/requirements/."""
+"""The Docker build context (.dockerignore) and the pinned versions in docker/requirements/.
+
+The locks are made by `make locks` (docker/lock.sh, on PyPI); the checks here need no network: each
+lock pins, with hashes, every requirement that pyproject.toml declares for its role at a version the
+requirement allows, so a dependency added or raised there without `make locks` fails here."""
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import tomllib
 
 import pytest
@@ -15,11 +20,19 @@ from tests.deploy.helpers import (
     is_excluded,
     parse_dockerfile,
     read_dockerignore,
+    read_lock,
+    read_pins,
 )
 
 REQUIREMENTS = ROOT / "docker" / "requirements"
-# role -> (extras of pyproject.toml, other roots) — as in docker/lock.py
-ROLES = {"api": (["serve"], ["onnx"]), "worker": (["train", "serve"], [])}
+# lock file -> the extras of pyproject.toml its role installs (docker/install.sh, docker/lock.sh)
+LOCKS = {
+    "api.txt": ["serve"],
+    "worker.txt": ["train", "serve"],
+    "api-gpu.txt": ["serve"],
+    "worker-gpu.txt": ["train", "serve"],
+}
+REGENERATE = "regenerate with `make locks`"
 NEVER_IN_CONTEXT = [
     ".venv/bin/python",
     ".venv/lib/python3.11/site-packages/torch/__init__.py",
@@ -88,50 +101,57 @@ def test_bundled_model_is_in_the_context() -> None:
     assert {"config.json", "model.safetensors", "tokenizer.json", "heads.json", "manifest.json"} <= names
 
 
-def _pyproject_roots(extras: list[str], others: list[str]) -> list[Requirement]:
+def _pyproject_roots(extras: list[str]) -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     specs = [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
-    return [Requirement(s) for s in [*specs, *others]]
+    return [Requirement(s) for s in specs]
 
 
-def _pins(name: str) -> dict[str, str]:
-    from tests.deploy.helpers import read_pins
+def _torch_requirements() -> list[Requirement]:
+    lines = (REQUIREMENTS / "torch-deps.in").read_text().splitlines()
+    return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
 
-    return read_pins(REQUIREMENTS / name)
+
+def _version(line: str) -> str:
+    return line.split("==", 1)[1]
 
 
-@pytest.mark.parametrize("role", sorted(ROLES))
-def test_lock_files_pin_every_project_requirement(role: str) -> None:
-    """Every requirement of the role's extras is pinned exactly, to a version pyproject.toml allows
-    (torch through torch-*.txt). Completeness of the closure is checked by the install replay, which
-    installs the project with --no-index on top of these pins."""
-    pins = _pins(f"{role}.txt")
-    torch = {"cpu": _pins("torch-cpu.txt")["torch"], "gpu": _pins("torch-gpu.txt")["torch"]}
-    for line in pins.values():
-        assert "==" in line and not any(op in line for op in (">", "<", "~", "!")), f"{role}.txt: {line}"
-    assert len(pins) == len(
-        [
-            ln
-            for ln in (REQUIREMENTS / f"{role}.txt").read_text().splitlines()
-            if ln and not ln.startswith("#")
-        ]
-    ), f"{role}.txt has a name twice"
-    for req in _pyproject_roots(*ROLES[role]):
+@pytest.mark.parametrize("lock", sorted(LOCKS))
+def test_locks_pin_every_project_requirement_with_hashes(lock: str) -> None:
+    """Every requirement of the role's extras and of torch is pinned exactly, with its files' hashes,
+    to a version that the requirement allows; torch itself comes from torch-*.txt. Completeness of the
+    closure is checked by the install replay (the project installs with --no-index on these pins)."""
+    pins = read_lock(REQUIREMENTS / lock)
+    for name, pin in pins.items():
+        assert "==" in pin.line and not any(op in pin.line for op in (">", "<", "~", "!", ";")), pin.line
+        assert pin.hashes and all(h.startswith("sha256:") for h in pin.hashes), f"{lock}: {name} unhashed"
+    assert not {n for n in pins if n == "torch" or n.startswith(("nvidia-", "triton"))}, f"{lock}: torch"
+    torch_pins = [read_pins(REQUIREMENTS / f"torch-{v}.txt")["torch"] for v in ("cpu", "gpu")]
+    for req in [*_pyproject_roots(LOCKS[lock]), *_torch_requirements()]:
         name = canonicalize_name(req.name)
-        candidates = list(torch.values()) if name == "torch" else [pins.get(name, "")]
-        for line in candidates:
-            regenerate = "regenerate with `.venv/bin/python docker/lock.py`"
-            assert line, f"{role}.txt does not pin {req.name} ({req}); {regenerate}"
-            version = line.split("==", 1)[1]
-            assert req.specifier.contains(version, prereleases=True), f"{line} violates {req}; {regenerate}"
+        for line in torch_pins if name == "torch" else [pins[name].line if name in pins else ""]:
+            assert line, f"{lock} does not pin {req.name} ({req}); {REGENERATE}"
+            assert req.specifier.contains(_version(line), prereleases=True), f"{line} violates {req}"
+
+
+def test_torch_requirements_are_the_pinned_builds() -> None:
+    """torch-deps.in is the requirement list of the CPU build (the one in the project's venv, when it is
+    the pinned build): a torch upgrade that changes it must update the file."""
+    pinned = _version(read_pins(REQUIREMENTS / "torch-cpu.txt")["torch"])
+    installed = md.version("torch")
+    if installed != pinned:
+        pytest.skip(f"the venv has torch {installed}, not the pinned {pinned}")
+    own = {str(r) for r in map(Requirement, md.requires("torch") or []) if r.marker is None}
+    assert own == {str(r) for r in _torch_requirements()}
 
 
 def test_build_tools_and_gpu_pins() -> None:
-    build = _pins("build.txt")
-    assert set(build) == {"pip", "setuptools"}
-    assert build["setuptools"] == _pins("worker.txt")["setuptools"]
-    gpu = _pins("gpu.txt")
+    build = read_lock(REQUIREMENTS / "build.txt")
+    assert set(build) == {"pip", "setuptools"} and all(p.hashes for p in build.values())
+    for lock in LOCKS:  # the backend that builds the project is the one the image keeps
+        assert build["setuptools"].line == read_pins(REQUIREMENTS / lock)["setuptools"], lock
+    gpu = read_pins(REQUIREMENTS / "gpu.txt")
     assert list(gpu) == ["onnxruntime-gpu"] and "==" in gpu["onnxruntime-gpu"]
     # Same minor series or newer than pyproject's floor for onnxruntime.
-    floor = next(r for r in _pyproject_roots(["gpu"], []) if r.name == "onnxruntime-gpu")
-    assert floor.specifier.contains(gpu["onnxruntime-gpu"].split("==")[1])
+    floor = next(r for r in _pyproject_roots(["gpu"]) if r.name == "onnxruntime-gpu")
+    assert floor.specifier.contains(_version(gpu["onnxruntime-gpu"]))
