@@ -46,7 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serve_load import WORDS, free_port  # noqa: E402
+from benchmarks._load.inputs import WORDS  # noqa: E402
+from benchmarks._load.servers import free_port  # noqa: E402
 
 KEY = "soak-key"
 MIB = 1024 * 1024

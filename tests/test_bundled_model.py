@@ -16,8 +16,7 @@ from momo.preprocess import preprocess_images
 from momo.runtime import load_runtime
 from momo.store import ModelStore
 from tests.service.helpers import LiveServer, make_settings
-from training.data.shapes import generate_scenes, render_scene
-from training.data.sources import SHAPES_SEEDS
+from training.data.shapes_generation import SHAPES_SEEDS, generate_scenes, render_scene
 
 REPO_STORE = Path(__file__).resolve().parents[1] / "model_store"
 N_SCENES = 100

@@ -13,17 +13,17 @@ from momo.export import export_artifact
 from momo.model import MoMoEncoder, count_parameters
 from momo.runtime import load_runtime
 from momo.store import ModelStore
-from training import ablation, engine
+from training import ablation, ablation_arms, engine
 from training.pretrain import run_pretraining
 from training.recipe import Recipe
 
 
 def test_arms_change_only_what_they_claim(micro_recipe: Recipe) -> None:
     base = micro_recipe
-    separate = ablation.arm_separate(base)
+    separate = ablation_arms.arm_separate(base)
     assert separate.model_config().towers == "separate" and separate.stages == base.stages
 
-    merged = ablation.arm_all_at_once(base)
+    merged = ablation_arms.arm_all_at_once(base)
     assert [s.name for s in merged.stages] == ["all_at_once", "downstream"]
     assert merged.stages[0].steps == sum(s.steps for s in base.stages[:3])
     every_stream = {(s.kind, tuple(s.objectives)) for st in base.stages[:3] for s in st.streams}
@@ -32,7 +32,7 @@ def test_arms_change_only_what_they_claim(micro_recipe: Recipe) -> None:
     touched = {o for _, s in engine.active_streams(merged.stages[0], 0) for o in s.objectives}
     assert touched == {"mim", "mlm", "itc", "itm", "mmm"}
 
-    matched = ablation.arm_all_at_once_matched(base)
+    matched = ablation_arms.arm_all_at_once_matched(base)
     assert matched.stages[0].steps == merged.stages[0].steps and matched.stages[1:] == merged.stages[1:]
     # Samples per stream (steps × batch) match the staged recipe, up to rounding of the batch.
     staged_samples = [st.steps * s.batch_size for st in base.stages[:3] for s in st.streams]
@@ -43,7 +43,7 @@ def test_arms_change_only_what_they_claim(micro_recipe: Recipe) -> None:
     assert {s.batch_size for s in matched.stages[0].streams} == {3}
     assert sum(matched_samples) < sum(merged.stages[0].steps * s.batch_size for s in merged.stages[0].streams)
 
-    alternating = ablation.arm_alternating(base)
+    alternating = ablation_arms.arm_alternating(base)
     for original, alt in zip(base.stages[:3], alternating.stages[:3], strict=True):
         assert alt.mode == "alternating" and alt.steps == original.steps * len(original.streams)
         # Each step touches exactly one stream, and over the stage every stream gets `original.steps`.
@@ -53,7 +53,7 @@ def test_arms_change_only_what_they_claim(micro_recipe: Recipe) -> None:
             counts[spec.name] = counts.get(spec.name, 0) + 1
         assert counts == {s.name: original.steps for s in original.streams}
     assert alternating.stages[3] == base.stages[3]  # the downstream stage is common to every arm
-    assert ablation.arm_small(base).preset == "momo-small"
+    assert ablation_arms.arm_small(base).preset == "momo-small"
 
 
 def test_separate_towers_build_train_and_export(micro_recipe: Recipe, tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_separate_towers_build_train_and_export(micro_recipe: Recipe, tmp_path: 
     assert count_parameters(config) > 1.8 * count_parameters(get_preset("momo-test"))
     encoder = MoMoEncoder(config)
     assert hasattr(encoder, "fusion_tower") and not hasattr(encoder, "encoder")
-    recipe = dataclasses.replace(ablation.arm_separate(micro_recipe), stages=micro_recipe.stages[2:])
+    recipe = dataclasses.replace(ablation_arms.arm_separate(micro_recipe), stages=micro_recipe.stages[2:])
     result = run_pretraining(
         recipe, tmp_path / "run", progress=False, register_name="sep", store_root=tmp_path / "s"
     )

@@ -10,6 +10,7 @@ import torch
 from momo.config import get_preset
 from momo.model import MoMoEncoder
 from training.data import shapes
+from training.data.shapes_generation import generate_scenes
 from training.losses.base import Batch
 from training.losses.matching import ITMLoss, false_caption_mask, sample_hard_negatives
 
@@ -24,7 +25,7 @@ def _scene_meta(scenes: list[shapes.Scene], caption: int) -> dict[str, list[obje
 
 
 def test_every_caption_is_true_of_its_own_scene() -> None:
-    for scene in shapes.generate_scenes(seed=11, count=300):
+    for scene in generate_scenes(seed=11, count=300):
         assert len(scene.claims) == len(scene.captions)
         for claim in scene.claims:
             assert shapes.caption_true_of(claim, scene.objects)
@@ -42,7 +43,7 @@ def test_claims_catch_captions_that_stay_true_of_another_scene() -> None:
 
 
 def test_mask_never_offers_a_caption_that_is_true_of_the_image() -> None:
-    scenes = list(shapes.generate_scenes(seed=5, count=64))
+    scenes = list(generate_scenes(seed=5, count=64))
     for caption in range(6):  # listings, colour and shape groups: many are true of other scenes
         meta = _scene_meta(scenes, caption)
         mask = false_caption_mask(meta, len(scenes))

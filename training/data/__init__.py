@@ -8,6 +8,7 @@ use, so importing this package (e.g. for the CLI) does not pull in numpy and Pil
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from training.data.formats import (
@@ -28,16 +29,21 @@ from training.data.formats import (
 from training.data.shards import WebDatasetRecord, expand_shards, iter_webdataset, write_webdataset
 
 if TYPE_CHECKING:
-    from training.data.prepare import DEFAULT_DATA_DIR, prepare_all, prepare_command, source_paths
+    from training.data.layout import DEFAULT_DATA_DIR, source_paths
+    from training.data.prepare import prepare_all, prepare_command
 
-_LAZY = {"DEFAULT_DATA_DIR", "prepare_all", "prepare_command", "source_paths"}
+# name -> the module that defines it, imported on first use
+_LAZY = {
+    "DEFAULT_DATA_DIR": "training.data.layout",
+    "source_paths": "training.data.layout",
+    "prepare_all": "training.data.prepare",
+    "prepare_command": "training.data.prepare",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from training.data import prepare
-
-        return getattr(prepare, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -11,8 +11,9 @@ Layout written by :func:`write_clipart`::
     clipart/<split>/pairs.jsonl             {"image", "text", "label"} per drawing
 
 Categories with fewer than :data:`CLIPART_MIN_CLASS_SIZE` drawings, the catch-all folders
-(``unsorted``, ``special``) and drawings above :data:`CLIPART_MAX_PIXELS` are left out. A drawing filed under two categories keeps the first (sorted)
-one. The split is a stable hash of the file name (80/10/10), so every category is in every split.
+(``unsorted``, ``special``) and drawings above :data:`CLIPART_MAX_PIXELS` are left out. A drawing
+filed under two categories keeps the first (sorted) one. The split is a stable hash of the file name
+(80/10/10), so every category is in every split.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from training.data.formats import write_jsonl
-from training.data.sources import SPLITS, _hash_order, hash_split
+from training.data.source_writing import SPLITS, hash_order, hash_split
 
 CLIPART_DIR = Path("/usr/share/openclipart/png")
 CLIPART_IMAGE_SIZE = 64
@@ -135,7 +136,7 @@ def write_clipart(
         chosen = [it for it in items if hash_split(f"clipart:{it.path.name}") == split]
         limit = None if limits is None else limits.get(split)
         if limit is not None:
-            keep = set(sorted(chosen, key=lambda it: _hash_order(it.path.name))[:limit])
+            keep = set(sorted(chosen, key=lambda it: hash_order(it.path.name))[:limit])
             chosen = [it for it in chosen if it in keep]
         rows: list[dict[str, Any]] = []
         for name in classes:
@@ -146,7 +147,7 @@ def write_clipart(
                 render_clipart(item.path).save(out_dir / split / rel)
             except OSError:
                 continue  # an unreadable file in the package: skipped, never fatal
-            pick = int.from_bytes(_hash_order(f"clipart:{item.path.name}")[:4], "big")
+            pick = int.from_bytes(hash_order(f"clipart:{item.path.name}")[:4], "big")
             rows.append({"image": rel, "text": clipart_caption(item, pick), "label": item.category})
         counts[split] = write_jsonl(out_dir / split / "pairs.jsonl", rows)
     return counts

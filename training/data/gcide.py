@@ -13,6 +13,8 @@ article; each article is read once. An article is blank-line separated paragraph
 
 Paragraphs credited to WordNet (``[WordNet 1.5]``) are skipped: WordNet glosses are an evaluation task
 (`wordnet`), and its held-out glosses must never be trained on.
+
+:func:`write_gcide` writes ``gcide/<split>.jsonl`` of ``{"query": headword, "text": definition}``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
+
+from training.data.source_writing import Limits, write_labeled_splits
 
 GCIDE_DIR = Path("/usr/share/dictd")
 DEFINITION_MIN_WORDS = 3
@@ -103,7 +109,8 @@ def parse_article(article: str) -> Iterator[Definition]:
 
 def read_gcide(root: Path = GCIDE_DIR) -> list[Definition]:
     """Every sense of the dictionary, in index order, each (word, text) once."""
-    raw = gzip.open(root / "gcide.dict.dz", "rb").read()
+    with gzip.open(root / "gcide.dict.dz", "rb") as dictionary:
+        raw = dictionary.read()
     seen_articles: set[tuple[int, int]] = set()
     seen: set[tuple[str, str]] = set()
     definitions: list[Definition] = []
@@ -124,3 +131,16 @@ def read_gcide(root: Path = GCIDE_DIR) -> list[Definition]:
                     seen.add(key)
                     definitions.append(definition)
     return definitions
+
+
+def write_gcide(
+    out_dir: Path, *, root: Path = GCIDE_DIR, limits: Limits | None = None, progress: bool = True
+) -> dict[str, int]:
+    """``<split>.jsonl`` of ``{"query": headword, "text": definition}``; the split is a hash of the
+    lower-cased headword, so every sense of a word is in one split."""
+    definitions = read_gcide(root)
+    rows = (
+        (f"gcide:{d.word.lower()}\n{d.text}", {"query": d.word, "text": d.text})
+        for d in tqdm(definitions, desc="gcide", disable=not progress, leave=False)
+    )
+    return write_labeled_splits(out_dir, rows, [], limits, split_key=lambda key: key.split("\n", 1)[0])

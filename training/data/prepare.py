@@ -4,7 +4,7 @@ with fixed train/val/test splits under one data folder (default ``data/``, or ``
 Each source is written into a temporary folder and renamed into place, then marked with a ``_SUCCESS``
 file holding the parameters it was written with; a later run skips a source whose marker matches, so
 the command is idempotent and an interrupted run never leaves a half-written source that looks done.
-Trainers and evaluators find files through :func:`source_paths` rather than hard-coding paths.
+Where the files go, and how trainers and evaluators find them: :mod:`training.data.layout`.
 """
 
 from __future__ import annotations
@@ -20,37 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.data import clipart, gcide, sources
+from training.data import clipart, emoji, fashion_mnist, gcide, shapes_generation, text_sources
 from training.data.formats import iter_jsonl
+from training.data.layout import DEFAULT_DATA_DIR, TEXT_SPLITS, source_paths, split_location
 
-DEFAULT_DATA_DIR = Path(os.environ.get("MOMO_DATA_DIR", "data"))
 # bump when the written files change meaning, so existing _SUCCESS markers stop matching
 FORMAT_VERSION = 2  # v2: GCIDE, clip art, ITM truth fields in pairs, a test split of the corpus
 SUCCESS = "_SUCCESS"
 
-SOURCES: tuple[str, ...] = (
-    "fashion_mnist",
-    "shapes",
-    "emoji",
-    "wordnet",
-    "fortunes",
-    "gcide",
-    "clipart",
-    "text",
-)
-IMAGE_SOURCES = frozenset({"fashion_mnist", "shapes", "emoji", "clipart"})
-TEXT_SPLITS = ("train", "val", "test")
-SPLITS = sources.SPLITS
 
 # source -> [(Debian package, a file it installs that the source reads; present when usable)]
 DEBIAN_PACKAGES: dict[str, list[tuple[str, Path]]] = {
-    "fashion_mnist": [("dataset-fashion-mnist", sources.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")],
-    "emoji": [("fonts-noto-color-emoji", sources.EMOJI_FONT)],
-    "wordnet": [("wordnet-base", sources.WORDNET_DIR / "data.noun")],
+    "fashion_mnist": [
+        ("dataset-fashion-mnist", fashion_mnist.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")
+    ],
+    "emoji": [("fonts-noto-color-emoji", emoji.EMOJI_FONT)],
+    "wordnet": [("wordnet-base", text_sources.WORDNET_DIR / "data.noun")],
     "fortunes": [
-        ("fortunes", sources.FORTUNES_DIR / "fortunes"),
-        ("fortunes-bofh-excuses", sources.FORTUNES_DIR / "bofh-excuses"),
-        ("fortunes-debian-hints", sources.FORTUNES_DIR / "debian-hints"),
+        ("fortunes", text_sources.FORTUNES_DIR / "fortunes"),
+        ("fortunes-bofh-excuses", text_sources.FORTUNES_DIR / "bofh-excuses"),
+        ("fortunes-debian-hints", text_sources.FORTUNES_DIR / "debian-hints"),
     ],
     "gcide": [("dict-gcide", gcide.GCIDE_DIR / "gcide.dict.dz")],
     "clipart": [("openclipart-png", clipart.CLIPART_DIR / "animals")],
@@ -61,7 +50,7 @@ _MICRO = {"train": 200, "val": 50, "test": 50}
 SCALES: dict[str, dict[str, dict[str, int | None]]] = {
     "default": {
         "fashion_mnist": {"train": None, "val": None, "test": None},
-        "shapes": dict(sources.SHAPES_DEFAULT_COUNTS),
+        "shapes": dict(shapes_generation.SHAPES_DEFAULT_COUNTS),
         "emoji": {"train": None, "val": None, "test": None},
         "wordnet": {"train": None, "val": None, "test": None},
         "fortunes": {"train": None, "val": None, "test": None},
@@ -69,70 +58,14 @@ SCALES: dict[str, dict[str, dict[str, int | None]]] = {
         "clipart": {"train": None, "val": None, "test": None},
     },
     "micro": {
-        s: dict(_MICRO) for s in ("fashion_mnist", "shapes", "emoji", "wordnet", "fortunes", "gcide", "clipart")
+        s: dict(_MICRO)
+        for s in ("fashion_mnist", "shapes", "emoji", "wordnet", "fortunes", "gcide", "clipart")
     },
 }
 
 
 class PrepareError(RuntimeError):
     """A data source cannot be prepared (e.g. its Debian package is missing and cannot be installed)."""
-
-
-# ------------------------------------------------------------------------------------------- layout
-
-
-def source_paths(data_dir: str | Path = DEFAULT_DATA_DIR) -> dict[str, dict[str, dict[str, Path]]]:
-    """``{source: {split: {kind: path}}}`` for every file trainers and evaluators read.
-
-    Kinds: ``image_folder`` (folder of class sub-folders), ``pairs`` / ``vqa`` / ``scenes`` (JSONL),
-    ``labeled_text`` / ``text_pairs`` (JSONL), ``text`` (one document per line), ``images`` (a folder of images) and
-    ``classes`` / ``answers`` / ``labels`` (JSON label vocabularies, repeated in every split for
-    convenience). The paths exist once :func:`prepare_all` has run.
-    """
-    root = Path(data_dir)
-    fm, sh, em, wn, fo = (root / s for s in ("fashion_mnist", "shapes", "emoji", "wordnet", "fortunes"))
-    text = root / "text"
-    return {
-        "fashion_mnist": {
-            s: {
-                "image_folder": fm / s / "images",
-                "pairs": fm / s / "pairs.jsonl",
-                "classes": fm / "classes.json",
-            }
-            for s in SPLITS
-        },
-        "shapes": {
-            s: {
-                "images": sh / s / "images",
-                "pairs": sh / s / "pairs.jsonl",
-                "vqa": sh / s / "vqa.jsonl",
-                "scenes": sh / s / "scenes.jsonl",
-                "answers": sh / "answers.json",
-            }
-            for s in SPLITS
-        },
-        "emoji": {s: {"images": em / s / "images", "pairs": em / s / "pairs.jsonl"} for s in SPLITS},
-        "wordnet": {s: {"labeled_text": wn / f"{s}.jsonl", "labels": wn / "labels.json"} for s in SPLITS},
-        "fortunes": {s: {"labeled_text": fo / f"{s}.jsonl", "labels": fo / "labels.json"} for s in SPLITS},
-        "gcide": {s: {"text_pairs": root / "gcide" / f"{s}.jsonl"} for s in SPLITS},
-        "clipart": {
-            s: {
-                "image_folder": root / "clipart" / s / "images",
-                "pairs": root / "clipart" / s / "pairs.jsonl",
-                "classes": root / "clipart" / "classes.json",
-            }
-            for s in SPLITS
-        },
-        "text": {s: {"text": text / f"{s}.txt"} for s in TEXT_SPLITS},
-    }
-
-
-def split_location(data_dir: str | Path, source: str, split: str) -> Path:
-    """The folder (image sources) or file (text sources) holding one split of a source."""
-    root = Path(data_dir) / source
-    if source in IMAGE_SOURCES:
-        return root / split
-    return root / (f"{split}.txt" if source == "text" else f"{split}.jsonl")
 
 
 # ------------------------------------------------------------------------------------------- packages
@@ -278,37 +211,39 @@ def _jobs(data_dir: Path, scale: str, progress: bool) -> list[_Job]:
             {
                 **version,
                 "limits": limits["fashion_mnist"],
-                "val_size": sources.FASHION_VAL_SIZE,
-                "val_seed": sources.FASHION_VAL_SEED,
+                "val_size": fashion_mnist.FASHION_VAL_SIZE,
+                "val_seed": fashion_mnist.FASHION_VAL_SEED,
             },
-            lambda out: sources.write_fashion_mnist(out, limits=limits["fashion_mnist"], progress=progress),
+            lambda out: fashion_mnist.write_fashion_mnist(
+                out, limits=limits["fashion_mnist"], progress=progress
+            ),
         ),
         _Job(
             "shapes",
-            {**version, "counts": limits["shapes"], "seeds": sources.SHAPES_SEEDS},
-            lambda out: sources.write_shapes(
+            {**version, "counts": limits["shapes"], "seeds": shapes_generation.SHAPES_SEEDS},
+            lambda out: shapes_generation.write_shapes(
                 out, counts={k: int(v or 0) for k, v in limits["shapes"].items()}, progress=progress
             ),
         ),
         _Job(
             "emoji",
             {**version, "limits": limits["emoji"]},
-            lambda out: sources.write_emoji(out, limits=limits["emoji"], progress=progress),
+            lambda out: emoji.write_emoji(out, limits=limits["emoji"], progress=progress),
         ),
         _Job(
             "wordnet",
             {**version, "limits": limits["wordnet"]},
-            lambda out: sources.write_wordnet(out, limits=limits["wordnet"], progress=progress),
+            lambda out: text_sources.write_wordnet(out, limits=limits["wordnet"], progress=progress),
         ),
         _Job(
             "fortunes",
             {
                 **version,
                 "limits": limits["fortunes"],
-                "max_chars": sources.FORTUNE_MAX_CHARS,
-                "min_category_size": sources.FORTUNE_MIN_CATEGORY_SIZE,
+                "max_chars": text_sources.FORTUNE_MAX_CHARS,
+                "min_category_size": text_sources.FORTUNE_MIN_CATEGORY_SIZE,
             },
-            lambda out: sources.write_fortunes(out, limits=limits["fortunes"], progress=progress),
+            lambda out: text_sources.write_fortunes(out, limits=limits["fortunes"], progress=progress),
         ),
         _Job(
             "gcide",
@@ -318,7 +253,7 @@ def _jobs(data_dir: Path, scale: str, progress: bool) -> list[_Job]:
                 "min_words": gcide.DEFINITION_MIN_WORDS,
                 "max_chars": gcide.DEFINITION_MAX_CHARS,
             },
-            lambda out: sources.write_gcide(out, limits=limits["gcide"], progress=progress),
+            lambda out: gcide.write_gcide(out, limits=limits["gcide"], progress=progress),
         ),
         _Job(
             "clipart",
@@ -336,7 +271,7 @@ def _jobs(data_dir: Path, scale: str, progress: bool) -> list[_Job]:
         _Job(
             "text",
             {**version, "inputs": {j.name: j.params for j in jobs}},
-            lambda out: sources.write_text_corpus(out, _corpus_parts(data_dir), TEXT_SPLITS),
+            lambda out: text_sources.write_text_corpus(out, _corpus_parts(data_dir), TEXT_SPLITS),
         )
     )
     return jobs

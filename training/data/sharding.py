@@ -37,8 +37,8 @@ from training.data.formats import (
     read_image_folder,
     read_labeled_text,
     read_pairs,
-    read_text_pairs,
     read_text_lines,
+    read_text_pairs,
     read_vqa,
 )
 from training.data.shards import INDEX_FILE, ShardSet, WebDatasetRecord, write_webdataset
@@ -158,7 +158,7 @@ def _index_matches(out_dir: Path, identity: dict[str, object]) -> bool:
 
 def bundled_sources(data_dir: Path) -> list[Path]:
     """Every file of the bundled sources that a stream can read, as `momo data prepare` wrote them."""
-    from training.data.prepare import source_paths
+    from training.data.layout import source_paths
 
     kinds = {"image_folder", "pairs", "vqa", "labeled_text", "text_pairs", "text"}
     found = [

@@ -116,7 +116,7 @@ class TaskSkipped(Exception):
 
 # --- data access --------------------------------------------------------------------------------
 def source_files(data_dir: Path) -> dict[str, Any]:
-    from training.data.prepare import source_paths
+    from training.data.layout import source_paths
 
     return source_paths(data_dir)
 

@@ -241,7 +241,8 @@ COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]  # the shapes wo
 
 def shape_png(color: str, shape: str = "circle", size: str = "large") -> bytes:
     """A 64x64 scene of the bundled model's shapes world with one centred object (a "clear image")."""
-    from training.data.shapes import SIZES, Scene, ShapeObject, scene_png
+    from training.data.shapes import SIZES, Scene, ShapeObject
+    from training.data.shapes_generation import scene_png
 
     obj = ShapeObject(color, shape, size, 32, 32, SIZES[size])
     return scene_png(Scene(seed=0, index=0, background="white", objects=[obj]))

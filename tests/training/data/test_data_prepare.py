@@ -20,7 +20,8 @@ from training.data.formats import (
     read_text_pairs,
     read_vqa,
 )
-from training.data.prepare import PrepareError, prepare_all, prepare_command, source_paths
+from training.data.layout import SOURCES, source_paths
+from training.data.prepare import PrepareError, prepare_all, prepare_command
 
 ALL_PACKAGES_PRESENT = all(path.exists() for pkgs in prepare.DEBIAN_PACKAGES.values() for _, path in pkgs)
 pytestmark = pytest.mark.skipif(not ALL_PACKAGES_PRESENT, reason="Debian data packages not installed")
@@ -39,13 +40,13 @@ def _snapshot(root: Path) -> dict[str, int]:
 def test_micro_writes_every_source_and_split(micro: tuple[Path, dict[str, Any]]) -> None:
     data_dir, summary = micro
     rows = summary["rows"]
-    assert {r["source"] for r in rows} == set(prepare.SOURCES)
+    assert {r["source"] for r in rows} == set(SOURCES)
     for r in rows:
         assert r["count"] > 0 and not r["skipped"] and Path(r["path"]).exists(), r
         if r["source"] != "text":
             assert r["count"] <= 200
     layout = source_paths(data_dir)
-    assert set(layout) == set(prepare.SOURCES)
+    assert set(layout) == set(SOURCES)
     for source, splits in layout.items():
         for split, files in splits.items():
             for kind, path in files.items():
@@ -74,7 +75,9 @@ def test_micro_writes_every_source_and_split(micro: tuple[Path, dict[str, Any]])
         line.endswith(": " + t) or line == t for t in wordnet_test - wordnet_train for line in corpus
     )
     # the same for the dictionary: held-out definitions are in the corpus' test split only
-    definitions = {split: read_text_pairs(layout["gcide"][split]["text_pairs"]) for split in ("train", "test")}
+    definitions = {
+        split: read_text_pairs(layout["gcide"][split]["text_pairs"]) for split in ("train", "test")
+    }
     lines = set(corpus)
     assert all(f"{p.query}: {p.text}" in lines for p in definitions["train"])
     train_words = {p.query.lower() for p in definitions["train"]}
@@ -149,7 +152,7 @@ def test_missing_package_is_reported_or_installed(tmp_path: Path, monkeypatch: p
 
 
 def test_default_data_dir_from_environment(tmp_path: Path) -> None:
-    code = "from training.data.prepare import DEFAULT_DATA_DIR; print(DEFAULT_DATA_DIR)"
+    code = "from training.data.layout import DEFAULT_DATA_DIR; print(DEFAULT_DATA_DIR)"
     env = {**os.environ, "MOMO_DATA_DIR": str(tmp_path / "elsewhere")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(tmp_path / "elsewhere")

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 
 from training.data import shapes
-from training.data.shapes import ShapeObject, generate_scene, render_scene, scene_png
+from training.data.shapes import ShapeObject
+from training.data.shapes_generation import generate_scene, render_scene, scene_png
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SHAPE_NAMES = ["circle", "square", "triangle"]

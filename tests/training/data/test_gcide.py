@@ -7,7 +7,7 @@ from pathlib import Path
 
 from training.data import gcide
 from training.data.formats import read_text_pairs
-from training.data.sources import write_gcide
+from training.data.gcide import write_gcide
 
 BELL = """Bell \\Bell\\, n. [AS. belle, fr. bellan to bellow. See {Bellow}.]
    1. A hollow metallic vessel, usually shaped somewhat like a
@@ -44,8 +44,11 @@ RETREAT = """Retreat \\Re*treat"\\, v. i. [imp. & p. p. {Retreated}; p. pr. &
 def test_senses_notes_quotations_and_phrases() -> None:
     senses = list(gcide.parse_article(BELL))
     assert senses == [
-        gcide.Definition("Bell", "A hollow metallic vessel, usually shaped somewhat like a cup with a "
-                         "flaring mouth, giving forth a ringing sound."),
+        gcide.Definition(
+            "Bell",
+            "A hollow metallic vessel, usually shaped somewhat like a cup with a "
+            "flaring mouth, giving forth a ringing sound.",
+        ),
         gcide.Definition("Bell hanger", "a man who hangs or puts up bells."),
         gcide.Definition("Bell cage", "a timber frame constructed to carry one or more large bells."),
     ]
@@ -93,5 +96,9 @@ def test_read_and_write_the_dictd_database(tmp_path: Path) -> None:
     assert sum(counts.values()) == 4
     pairs = [p for split in counts for p in read_text_pairs(tmp_path / "out" / f"{split}.jsonl")]
     assert {p.query for p in pairs} == {"Bell", "Bell hanger", "Bell cage", "Retreat"}
-    by_word = {p.query.lower(): split for split in counts for p in read_text_pairs(tmp_path / "out" / f"{split}.jsonl")}
+    by_word = {
+        p.query.lower(): split
+        for split in counts
+        for p in read_text_pairs(tmp_path / "out" / f"{split}.jsonl")
+    }
     assert len(by_word) == 4
