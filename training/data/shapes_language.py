@@ -20,6 +20,7 @@ from training.data.shapes import (
     ShapeObject,
     relation_holds,
 )
+from training.data.source_writing import article
 
 NUMBER_WORDS: dict[int, str] = {1: "one", 2: "two", 3: "three", 4: "four"}
 PLURAL_SHAPES: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles"}
@@ -35,10 +36,6 @@ QUESTION_RELATION_PHRASES: dict[str, str] = {
     "above": "above",
     "below": "below",
 }
-
-
-def article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
 
 
 def noun_phrase(obj: ShapeObject, *, with_size: bool, with_article: bool = True) -> str:
