@@ -126,7 +126,7 @@ def _serve_command() -> Any:
 def _worker(log_level: str | None, **flags: Any) -> None:
     from pydantic import ValidationError
 
-    from service.jobs.db import SchemaMismatch
+    from service.jobs.database import SchemaMismatch
     from service.jobs.settings import JobSettings
 
     try:
