@@ -15,7 +15,7 @@ Brokers:
 
 Task policy (every fine-tune): `acks_late` + `reject_on_worker_lost` — the message is acknowledged
 only when the task returns, and a worker process that dies mid-task (kill -9, OOM) sends it back to
-the queue, where the next delivery takes the job over (see `service.jobs.db.JobStore.claim`); soft
+the queue, where the next delivery takes the job over (see `service.jobs.leases.Leases.claim`); soft
 and hard time limits; prefetch 1 and concurrency 1 per worker by default (a fine-tune uses the
 cores). The API process only *sends* tasks by name (`send_task("momo.finetune", …)`); task code
 lives in `service.celery_tasks`, imported by workers only.

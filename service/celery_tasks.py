@@ -29,7 +29,8 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from service.celery_app import FINETUNE_TASK, settings_of
-from service.jobs.db import JobStore, worker_identity
+from service.jobs.leases import worker_identity
+from service.jobs.repository import JobStore
 from service.jobs.settings import JobSettings
 
 log = logging.getLogger("momo.jobs.worker")
@@ -45,7 +46,7 @@ def job_store(settings: JobSettings) -> JobStore:
         store = _STORES.get(key)
         if store is None:
             store = JobStore(key[0])
-            store.init_schema()
+            store.upgrade_schema()
             _STORES[key] = store
         return store
 

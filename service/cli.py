@@ -119,7 +119,7 @@ class WorkerSettings(JobSettings):
 
 def worker(ctx: typer.Context) -> None:
     """Run a Celery worker for fine-tuning jobs. Flags = MOMO_* job settings."""
-    from service.jobs.db import SchemaMismatch
+    from service.jobs.database import SchemaMismatch
 
     settings = settings_or_exit(WorkerSettings, given_flags(WorkerSettings, ctx.args, "momo worker"))
     from service.worker import run_worker  # the worker side: imports training/

@@ -20,7 +20,7 @@ import threading
 import time
 
 from service.celery_app import FINETUNE_TASK, make_celery
-from service.jobs.db import JobStore
+from service.jobs.repository import JobStore
 from service.jobs.settings import JobSettings
 
 log = logging.getLogger("momo.jobs.worker")
@@ -67,7 +67,7 @@ def run_worker(settings: JobSettings, *, loglevel: str = "info", hostname: str |
     """Run the worker in this process until it is told to stop (SIGTERM: finish the running job)."""
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = JobStore(settings.resolved_database_url)
-    store.init_schema()  # SchemaMismatch stops the worker with a clear message
+    store.upgrade_schema()  # Alembic, to head; SchemaMismatch stops the worker with a clear message
     import torch  # noqa: F401 - loaded once in the parent, shared by the forked children
 
     import service.celery_tasks  # noqa: F401 - registers momo.finetune

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from service.jobs.db import UploadedFile, new_id, utcnow
+from service.jobs.records import UploadedFile, new_id, utcnow
 
 UPLOADS = "uploads"
 CHUNK = 1 << 20

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from momo.store import NAME_PATTERN, VERSION_PATTERN
-from service.jobs.db import Event, Job, UploadedFile
+from service.jobs.records import Event, Job, UploadedFile
 from service.validation import RequestModel
 
 Task = Literal["image_classification", "text_classification", "retrieval", "vqa"]

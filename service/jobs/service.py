@@ -1,12 +1,13 @@
 """The API side of the job system: submitting (by task *name*), the stale-job sweeper, job metrics,
 and the embedded worker subprocess that `momo serve` runs beside the API.
 
-`JobService.start()` (in the app's lifespan) checks the job database's schema version — a mismatch
-stops the start-up with `SchemaMismatch` — then starts the sweeper. Every `job_sweep_interval_s` the
-sweeper requeues running jobs whose worker is gone (no heartbeat for `job_stale_after_s`, or a dead
-process on this host) and re-sends jobs queued for longer than `job_requeue_after_s` (a message lost
-with the broker); it fails jobs that used up `job_max_attempts`, refreshes the jobs-by-state gauge,
-observes the duration of newly finished jobs, and restarts the embedded worker if it died.
+`JobService.start()` (in the app's lifespan) brings the job database's schema to head (Alembic; a
+database this MoMo cannot upgrade stops the start-up with `SchemaMismatch`), then starts the
+sweeper. Every `job_sweep_interval_s` the sweeper requeues running jobs whose worker is gone (no
+heartbeat for `job_stale_after_s`, or a dead process on this host) and re-sends jobs queued for
+longer than `job_requeue_after_s` (a message lost with the broker); it fails jobs that used up
+`job_max_attempts`, refreshes the jobs-by-state gauge, observes the duration of newly finished
+jobs, and restarts the embedded worker if it died.
 
 The embedded worker (`job_worker=auto` with the embedded broker, or `always`): a `momo worker`
 subprocess in its own process group, started at the first job (or at start-up when unfinished jobs
@@ -30,7 +31,8 @@ from typing import Any
 from celery import Celery
 
 from service.celery_app import FINETUNE_TASK, make_celery
-from service.jobs.db import Job, JobStore, utcnow
+from service.jobs.records import Job, utcnow
+from service.jobs.repository import JobStore
 from service.jobs.settings import JobSettings
 
 log = logging.getLogger("momo.jobs")
@@ -116,7 +118,7 @@ class JobService:
 
     # --- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        await asyncio.to_thread(self.store.init_schema)
+        await asyncio.to_thread(self.store.upgrade_schema)
         await asyncio.to_thread(self.settings.resolved_data_root.mkdir, parents=True, exist_ok=True)
         if self.worker is not None:
             waiting = await asyncio.to_thread(self.store.unfinished)

@@ -3,12 +3,6 @@ on a connection it passes in (`config.attributes["connection"]`), never from an 
 
 from __future__ import annotations
 
-from alembic import context
+from service.schema_migrations import run_migrations
 
-from service.collections.schema import VERSION_TABLE
-
-connection = context.config.attributes["connection"]
-# one transaction for the version check and every migration (see schema.migrate_sqlite)
-context.configure(connection=connection, version_table=VERSION_TABLE)
-with context.begin_transaction():
-    context.run_migrations()
+run_migrations()

@@ -1,5 +1,6 @@
 """Job-system fixtures: micro Fashion-MNIST (the real `prepare_all`), a store with a random `momo-test`
-base, Redis with a private DB number and queue per run, real `momo worker` subprocesses."""
+base, Redis with a private DB number and queue per run, PostgreSQL with a private schema per test,
+real `momo worker` subprocesses."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from momo.store import ModelStore
 from tests.factories import register_random
 from tests.service.helpers import LiveServer, make_settings, settings_env
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+POSTGRES = os.environ.get("MOMO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def redis_up(port: int = REDIS_PORT) -> bool:
@@ -35,6 +38,33 @@ def redis_up(port: int = REDIS_PORT) -> bool:
             return True
     except OSError:
         return False
+
+
+def postgres_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            pass
+        create_engine(POSTGRES).connect().close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """A URL of the test database whose tables land in a schema of this test's own (dropped after)."""
+    if not postgres_up():
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES}")
+    schema = f"momo_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

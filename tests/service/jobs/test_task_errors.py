@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from service.celery_tasks import run_job
-from service.jobs.db import JobStore
+from service.jobs.repository import JobStore
 from service.jobs.schemas import FineTuneJob
 from service.jobs.settings import JobSettings
 
@@ -29,7 +29,7 @@ def jobs(tmp_path: Path, base_store: Path) -> Iterator[tuple[JobSettings, JobSto
     )
     (root / "broken.jsonl").write_text('{"text": "fine", "label": "a"}\n{"text": \n')
     store = JobStore(settings.resolved_database_url)
-    store.init_schema()
+    store.upgrade_schema()
     yield settings, store
     store.close()
 
