@@ -27,6 +27,23 @@ FinishFn = Callable[[str, Any, Any], Any]
 Outcome = tuple[QueuedItem, Any, BaseException | None]  # (item, result, error)
 
 
+# the stage functions of a queue given none (and of a stopped one, which lets go of the model's)
+def identity_prepare(op: str, payloads: list[Any]) -> Sequence[Any]:
+    return payloads
+
+
+def as_list(op: str, prepared: list[Any]) -> Any:
+    return prepared
+
+
+def output_as_result(op: str, prepared: Any, output: Any) -> Any:
+    return output
+
+
+def unloaded(op: str, payloads: Any) -> Sequence[Any]:
+    raise RuntimeError("the queue was stopped")
+
+
 def prepare_all(name: str, prepare: PrepareFn, items: list[QueuedItem]) -> list[Any]:
     """One `prepare` call per operation; a failing call is retried item by item. Returns each
     item's prepared value, or the exception that fails it, in order."""

@@ -45,13 +45,17 @@ from service.batch_stages import (
     FinishFn,
     PrepareFn,
     ProcessFn,
+    as_list,
     collate_batch,
     deliver,
     deliver_many,
     finish_all,
+    identity_prepare,
+    output_as_result,
     prepare_all,
     run_batch,
     time_out,
+    unloaded,
 )
 
 log = logging.getLogger("momo.service.batching")
@@ -72,22 +76,6 @@ class WorkerDead(Exception):
 
 class _InjectedFault(BaseException):
     """Raised inside a worker thread by the test hook; escapes every handler and ends the thread."""
-
-
-def _unloaded(op: str, payloads: Any) -> Sequence[Any]:
-    raise RuntimeError("the queue was stopped")
-
-
-def _identity_prepare(op: str, payloads: list[Any]) -> Sequence[Any]:
-    return payloads
-
-
-def _as_list(op: str, prepared: list[Any]) -> Any:
-    return prepared
-
-
-def _output(op: str, prepared: Any, output: Any) -> Any:
-    return output
 
 
 class BatchQueue:
@@ -113,9 +101,9 @@ class BatchQueue:
         self.name = name
         self._tracer = tracer  # service.tracing.BatchTracer, or None (tracing off)
         self._process = process
-        self._prepare = prepare or _identity_prepare
-        self._collate = collate or _as_list
-        self._finish = finish or _output
+        self._prepare = prepare or identity_prepare
+        self._collate = collate or as_list
+        self._finish = finish or output_as_result
         self._cost = cost
         self.max_batch = max(1, max_batch)
         self.max_batch_tokens = max_batch_tokens if cost is not None else None
@@ -174,10 +162,10 @@ class BatchQueue:
             # Let go of the model: the stage functions are usually bound methods of the object that
             # owns this queue, a reference cycle that only the cyclic GC could break (and it never
             # looks at objects frozen by gc.freeze()). A stopped queue takes no work.
-            self._process = _unloaded
-            self._prepare = _identity_prepare
-            self._collate = _as_list
-            self._finish = _output
+            self._process = unloaded
+            self._prepare = identity_prepare
+            self._collate = as_list
+            self._finish = output_as_result
             self._cost = None
             self._in_flight = None
 

@@ -31,9 +31,7 @@ def app_state_uses(source: str) -> list[int]:
     `getattr(request.app, "state")`."""
     lines = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Attribute) and node.attr == "state" and _is_app(node.value):
-            lines.append(node.lineno)
-        elif (
+        if (isinstance(node, ast.Attribute) and node.attr == "state" and _is_app(node.value)) or (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
             and node.func.id in ("getattr", "setattr", "hasattr")
@@ -95,5 +93,7 @@ def test_every_route_solves_at_most_one_dependency_from_deps(tmp_path: Path) -> 
         for call in calls:
             used.setdefault(getattr(call, "__name__", ""), set()).add(route.path)
     # the inference routes pin the model; the rest take the services bundle
-    assert {"/v1/embeddings", "/v1/classify", "/v1/vqa", "/v1/collections/{name}/search"} <= used["get_inference"]
+    assert {"/v1/embeddings", "/v1/classify", "/v1/vqa", "/v1/collections/{name}/search"} <= used[
+        "get_inference"
+    ]
     assert {"/ready", "/v1/models", "/v1/fine-tunes", "/v1/collections"} <= used["get_services"]
