@@ -28,8 +28,9 @@ from fastapi import FastAPI
 from service.auth import APIKeyMiddleware, declare_bearer_auth
 from service.collections import open_store, store_from_settings
 from service.deps import Services
-from service.engine import Engine, freeze_heap
+from service.engine import Engine
 from service.errors import install_error_handlers
+from service.heap import freeze_heap
 from service.jobs import router as jobs_router
 from service.jobs.service import JobService
 from service.jobs.uploads import UploadBodyLimitMiddleware
@@ -111,13 +112,8 @@ def create_app(settings: Settings | None = None, span_exporter: Any = None) -> F
         # native layer would otherwise check for providers on every request
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.engine = engine
-    app.state.collections = collection_store
-    app.state.fetcher = fetcher
-    app.state.services = Services(settings, metrics, engine, collection_store, fetcher)
-    app.state.jobs = jobs
+    # what routes reach, through service/deps.py (the only reader of app.state)
+    app.state.services = Services(settings, metrics, engine, collection_store, fetcher, jobs)
 
     install_error_handlers(app)
     for router in (

@@ -16,10 +16,9 @@ threads per queue work on them side by side:
   event loop, one wake-up per batch and loop, while core already runs the next batch.
 
 A batch holds one operation, at most `max_batch` items and, with a `cost`, at most
-`max_batch_tokens` padded tokens (items x the longest item; TEI's `max_batch_tokens`): it is grown
-around the oldest item (so nothing starves) from its neighbours in length order, so that one long
-text does not pad a batch of short ones (each step takes the neighbour that adds the least padding).
-One item over the budget still goes, alone.
+`max_batch_tokens` padded tokens, grown around the oldest item (service/batch_pool.py). What the
+stages do outside the lock is service/batch_stages.py; this module owns the lock, the threads and
+their hand-offs.
 
 Failure isolation: `prepare` may return an exception instance for one item (it fails that item's
 request); if a batched `prepare` or model call raises, its items are retried one by one, so a bad
@@ -31,26 +30,35 @@ stage thread dies, every waiting and future request gets `WorkerDead` (-> 503) a
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import contextlib
-import itertools
 import logging
 import queue as stdqueue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("momo.service.batching")
+from service.batch_pool import Batch, BatchPool, QueuedItem
+from service.batch_stages import (
+    CollateFn,
+    FinishFn,
+    PrepareFn,
+    ProcessFn,
+    as_list,
+    collate_batch,
+    deliver,
+    deliver_many,
+    finish_all,
+    identity_prepare,
+    output_as_result,
+    prepare_all,
+    run_batch,
+    time_out,
+    unloaded,
+)
 
-# process(op, collated) -> one output per item, in order
-ProcessFn = Callable[[str, Any], Sequence[Any]]
-PrepareFn = Callable[[str, list[Any]], Sequence[Any]]
-CollateFn = Callable[[str, list[Any]], Any]
-FinishFn = Callable[[str, Any, Any], Any]
-_seq = itertools.count()
+log = logging.getLogger("momo.service.batching")
 
 
 class QueueFull(Exception):
@@ -68,66 +76,6 @@ class WorkerDead(Exception):
 
 class _InjectedFault(BaseException):
     """Raised inside a worker thread by the test hook; escapes every handler and ends the thread."""
-
-
-@dataclass(eq=False)
-class _Item:
-    op: str
-    payload: Any
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    enqueued: float = field(default_factory=time.monotonic)
-    seq: int = field(default_factory=lambda: next(_seq))
-    prepared: Any = None
-    cost: int = 1
-    trace: Any = None  # the request's tracing context (tracing on)
-
-
-@dataclass(eq=False)
-class _Batch:
-    op: str
-    items: list[_Item]
-    collated: Any = None
-    collate_error: Exception | None = None
-    taken: float = 0.0  # when core took it, and ran the model (monotonic): for tracing
-    run_started: float = 0.0
-    run_ended: float = 0.0
-
-
-def _unloaded(op: str, payloads: Any) -> Sequence[Any]:
-    raise RuntimeError("the queue was stopped")
-
-
-def _identity_prepare(op: str, payloads: list[Any]) -> Sequence[Any]:
-    return payloads
-
-
-def _as_list(op: str, prepared: list[Any]) -> Any:
-    return prepared
-
-
-def _output(op: str, prepared: Any, output: Any) -> Any:
-    return output
-
-
-def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():  # cancelled (client went away) or already failed
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
-
-
-def _time_out(futures: list[asyncio.Future[Any]]) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(TimeoutError())
-
-
-def _resolve_all(resolutions: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, value, error in resolutions:
-        _resolve(future, value, error)
 
 
 class BatchQueue:
@@ -153,9 +101,9 @@ class BatchQueue:
         self.name = name
         self._tracer = tracer  # service.tracing.BatchTracer, or None (tracing off)
         self._process = process
-        self._prepare = prepare or _identity_prepare
-        self._collate = collate or _as_list
-        self._finish = finish or _output
+        self._prepare = prepare or identity_prepare
+        self._collate = collate or as_list
+        self._finish = finish or output_as_result
         self._cost = cost
         self.max_batch = max(1, max_batch)
         self.max_batch_tokens = max_batch_tokens if cost is not None else None
@@ -167,16 +115,15 @@ class BatchQueue:
         lock = threading.RLock()
         self._cond = threading.Condition(lock)  # core waits on it
         self._pre_cond = threading.Condition(lock)  # pre waits on it
-        self._raw: collections.deque[_Item] = collections.deque()  # submitted, not prepared yet
+        self._raw: collections.deque[QueuedItem] = collections.deque()  # submitted, not prepared yet
         self._preparing = 0  # items inside a prepare call right now
-        self._pools: dict[str, list[tuple[int, int, _Item]]] = {}  # op -> [(cost, seq, item)], by cost
-        self._pooled = 0
-        self._next: _Batch | None = None  # formed (and collated) batch waiting for core
+        self._pool = BatchPool(self.max_batch, self.max_batch_tokens)  # prepared, waiting for core
+        self._next: Batch | None = None  # formed (and collated) batch waiting for core
         self._core_busy = False
         self._stopping = False
         self._dead_reason: str | None = None
         self._kill = False
-        self._post: stdqueue.SimpleQueue[tuple[_Batch, Sequence[Any]] | None] = stdqueue.SimpleQueue()
+        self._post: stdqueue.SimpleQueue[tuple[Batch, list[Any]] | None] = stdqueue.SimpleQueue()
         stages = (("pre", self._pre_loop), ("core", self._core_loop), ("post", self._post_loop))
         self._threads = [
             threading.Thread(target=self._guard, args=(stage,), name=f"momo-{name}-{label}", daemon=True)
@@ -197,7 +144,9 @@ class BatchQueue:
     @property
     def depth(self) -> int:
         """Items waiting (submitted, being prepared, pooled or in the prepared batch)."""
-        return len(self._raw) + self._preparing + self._pooled + (len(self._next.items) if self._next else 0)
+        return (
+            len(self._raw) + self._preparing + self._pool.size + (len(self._next.items) if self._next else 0)
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting work, finish what is queued, end the threads."""
@@ -213,10 +162,10 @@ class BatchQueue:
             # Let go of the model: the stage functions are usually bound methods of the object that
             # owns this queue, a reference cycle that only the cyclic GC could break (and it never
             # looks at objects frozen by gc.freeze()). A stopped queue takes no work.
-            self._process = _unloaded
-            self._prepare = _identity_prepare
-            self._collate = _as_list
-            self._finish = _output
+            self._process = unloaded
+            self._prepare = identity_prepare
+            self._collate = as_list
+            self._finish = output_as_result
             self._cost = None
             self._in_flight = None
 
@@ -246,7 +195,7 @@ class BatchQueue:
             trace = self._tracer.capture() if self._tracer is not None else None
             for payload in payloads:
                 future: asyncio.Future[Any] = loop.create_future()
-                self._raw.append(_Item(op, payload, future, loop, trace=trace))
+                self._raw.append(QueuedItem(op, payload, future, loop, trace=trace))
                 futures.append(future)
             self._pre_cond.notify()  # only pre has work to do
         return futures
@@ -260,7 +209,7 @@ class BatchQueue:
         if not payloads:
             return []
         futures = self.submit_many(op, payloads)
-        timer = asyncio.get_running_loop().call_later(timeout, _time_out, futures)
+        timer = asyncio.get_running_loop().call_later(timeout, time_out, futures)
         try:
             if len(futures) == 1:
                 try:
@@ -318,8 +267,8 @@ class BatchQueue:
                         self._raw.clear()
                         self._preparing = len(taken)
                         break
-                    if self._next is None and self._core_busy and self._pool_full():
-                        self._next = self._form_locked()
+                    if self._next is None and self._core_busy and self._pool.full():
+                        self._next = self._pool.take()
                         taken = []
                         break
                     if self._stopping:
@@ -331,9 +280,9 @@ class BatchQueue:
             else:
                 self._collate_next()
 
-    def _prepare_items(self, items: list[_Item]) -> None:
-        prepared = self._call_prepare(items)
-        failed: list[tuple[_Item, BaseException]] = []
+    def _prepare_items(self, items: list[QueuedItem]) -> None:
+        prepared = prepare_all(self.name, self._prepare, items)
+        failed: list[tuple[QueuedItem, BaseException]] = []
         with self._cond:
             dead = self._dead_reason
             for item, value in zip(items, prepared, strict=True):
@@ -344,101 +293,19 @@ class BatchQueue:
                     continue
                 item.prepared = value
                 item.cost = max(1, int(self._cost(value))) if self._cost is not None else 1
-                bisect.insort(self._pools.setdefault(item.op, []), (item.cost, item.seq, item))
-                self._pooled += 1
+                self._pool.add(item)
             self._preparing = 0
             self._cond.notify_all()
         for item, error in failed:
-            self._deliver(item, None, error)
-
-    def _call_prepare(self, items: list[_Item]) -> list[Any]:
-        """One `prepare` call per operation; a failing call is retried item by item."""
-        out: dict[int, Any] = {}
-        groups: dict[str, list[_Item]] = {}
-        for item in items:
-            groups.setdefault(item.op, []).append(item)
-        for op, group in groups.items():
-            try:
-                values = list(self._prepare(op, [item.payload for item in group]))
-                if len(values) != len(group):
-                    raise RuntimeError(f"{self.name}/{op}: prepared {len(values)} of {len(group)} inputs")
-            except Exception:
-                values = []
-                for item in group:
-                    try:
-                        (value,) = self._prepare(op, [item.payload])
-                    except Exception as exc:
-                        value = exc
-                    values.append(value)
-            for item, value in zip(group, values, strict=True):
-                out[id(item)] = value
-        return [out[id(item)] for item in items]
-
-    def _pool_full(self) -> bool:
-        """Whether a batch formed now would be full (more items cannot make it bigger)."""
-        for pool in self._pools.values():
-            if len(pool) >= self.max_batch:
-                return True
-            budget = self.max_batch_tokens
-            if budget is not None and pool and len(pool) * pool[-1][0] >= budget:
-                return True
-        return False
-
-    def _form_locked(self) -> _Batch | None:
-        """Take the next batch from the pools (call with the lock held): the op of the oldest item,
-        grown around it in length order, each time by the neighbour that adds the least padding,
-        within `max_batch` and `max_batch_tokens`."""
-        for op in list(self._pools):
-            pool = self._pools[op]
-            live = [entry for entry in pool if not entry[2].future.done()]
-            self._pooled -= len(pool) - len(live)
-            if live:
-                self._pools[op] = live
-            else:
-                del self._pools[op]
-        if not self._pools:
-            return None
-        op = min(self._pools, key=lambda name: min(entry[1] for entry in self._pools[name]))
-        pool = self._pools[op]
-        anchor = min(range(len(pool)), key=lambda i: pool[i][1])
-        lo = hi = anchor
-        budget = self.max_batch_tokens
-        while hi - lo + 1 < self.max_batch:
-            size, longest = hi - lo + 1, pool[hi][0]
-            # the padding each neighbour would add: a shorter one is padded up to the longest; a
-            # longer one pads every item already in (pool is sorted by cost, so hi is the longest)
-            left = longest - pool[lo - 1][0] if lo > 0 else None
-            right = (pool[hi + 1][0] - longest) * size if hi + 1 < len(pool) else None
-            if right is not None and budget is not None and (size + 1) * pool[hi + 1][0] > budget:
-                right = None
-            if left is not None and budget is not None and (size + 1) * longest > budget:
-                left = None
-            if left is None and right is None:
-                break
-            if right is None or (left is not None and left <= right):
-                lo -= 1
-            else:
-                hi += 1
-        taken = pool[lo : hi + 1]
-        del pool[lo : hi + 1]
-        if not pool:
-            del self._pools[op]
-        self._pooled -= len(taken)
-        return _Batch(op, [entry[2] for entry in sorted(taken, key=lambda e: e[1])])
+            deliver(item, None, error)
 
     def _collate_next(self) -> None:
         batch = self._next
         if batch is None:
             return
-        self._collate_batch(batch)
+        collate_batch(self._collate, batch)
         with self._cond:
             self._cond.notify_all()
-
-    def _collate_batch(self, batch: _Batch) -> None:
-        try:
-            batch.collated = self._collate(batch.op, [item.prepared for item in batch.items])
-        except Exception as exc:
-            batch.collate_error = exc
 
     # core: run batches whenever free
     def _core_loop(self) -> None:
@@ -456,7 +323,7 @@ class BatchQueue:
         finally:
             self._post.put(None)  # post delivers what core finished, then ends
 
-    def _take_for_core(self) -> _Batch | None:
+    def _take_for_core(self) -> Batch | None:
         with self._cond:
             while True:
                 self._check_kill()
@@ -468,82 +335,44 @@ class BatchQueue:
                     self._core_busy = True
                     self._pre_cond.notify()  # pre may form the one after it
                     return batch
-                if batch is None and self._pooled:
+                if batch is None and self._pool.size:
                     if self._linger():
                         continue
-                    batch = self._form_locked()
+                    batch = self._pool.take()
                     if batch is not None:
                         self._core_busy = True
                         break
                     continue
-                drained = not self._raw and not self._preparing and not self._pooled and self._next is None
+                drained = not self._raw and not self._preparing and not self._pool.size and self._next is None
                 if self._stopping and drained:
                     return None
                 self._cond.wait()
-        self._collate_batch(batch)  # outside the lock; the pool keeps filling meanwhile
+        collate_batch(self._collate, batch)  # outside the lock; the pool keeps filling meanwhile
         return batch
 
     def _linger(self) -> bool:
         """With `max_wait_s`, wait (lock held) for a fuller batch; True when it waited."""
-        if self.max_wait_s <= 0 or self._stopping or self._pool_full():
+        if self.max_wait_s <= 0 or self._stopping or self._pool.full():
             return False
         waiting = self.depth
         if self._in_flight is not None and waiting >= self._in_flight():
             return False  # every request in flight is already queued: waiting cannot grow the batch
-        oldest = min(entry[2].enqueued for pool in self._pools.values() for entry in pool)
-        remaining = oldest + self.max_wait_s - time.monotonic()
+        remaining = self._pool.oldest_enqueued() + self.max_wait_s - time.monotonic()
         if remaining <= 0:
             return False
         self._cond.wait(remaining)
         return True
 
-    def _run_batch(self, batch: _Batch) -> None:
-        items = [item for item in batch.items if not item.future.done()]
-        if not items:
-            return
-        batch.taken = time.monotonic()
+    def _run_batch(self, batch: Batch) -> None:
         started = time.perf_counter()
-        try:
-            if batch.collate_error is not None:
-                raise batch.collate_error
-            if len(items) != len(batch.items):
-                batch = _Batch(batch.op, items)
-                self._collate_batch(batch)
-                if batch.collate_error is not None:
-                    raise batch.collate_error
-            batch.run_started = time.monotonic()
-            outputs = list(self._process(batch.op, batch.collated))
-            batch.run_ended = time.monotonic()
-            if len(outputs) != len(items):
-                raise RuntimeError(f"{self.name}/{batch.op}: {len(outputs)} results for {len(items)} inputs")
-        except Exception as exc:
-            if len(items) == 1:
-                self._deliver(items[0], None, exc)
-            else:
-                log.warning(
-                    "batch of %d on %s/%s failed (%r); retrying one by one",
-                    len(items),
-                    self.name,
-                    batch.op,
-                    exc,
-                )
-                self._run_singly(batch.op, items)
-        else:
-            self._post.put((batch, outputs))
+        ran = run_batch(self.name, self._process, self._collate, batch, self._post.put)
+        if not ran:
+            return
         elapsed = time.perf_counter() - started
         self._ema_batch_s = 0.8 * self._ema_batch_s + 0.2 * elapsed
         if self._on_batch is not None:
             with contextlib.suppress(Exception):
-                self._on_batch(self.name, len(items), elapsed)
-
-    def _run_singly(self, op: str, items: list[_Item]) -> None:
-        for item in items:
-            try:
-                (output,) = self._process(op, self._collate(op, [item.prepared]))
-            except Exception as exc:
-                self._deliver(item, None, exc)
-            else:
-                self._post.put((_Batch(op, [item]), [output]))
+                self._on_batch(self.name, ran, elapsed)
 
     # post: results to futures
     def _post_loop(self) -> None:
@@ -558,41 +387,15 @@ class BatchQueue:
                     self._tracer.record(
                         self.name, batch.op, items, batch.taken, batch.run_started, batch.run_ended
                     )
-            outcomes: list[tuple[_Item, Any, BaseException | None]] = []
-            for item, output in zip(batch.items, outputs, strict=True):
-                try:
-                    outcomes.append((item, self._finish(batch.op, item.prepared, output), None))
-                except Exception as exc:
-                    outcomes.append((item, None, exc))
-            self._deliver_many(outcomes)
-
-    @staticmethod
-    def _deliver(item: _Item, value: Any, error: BaseException | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            item.loop.call_soon_threadsafe(_resolve, item.future, value, error)
-
-    @staticmethod
-    def _deliver_many(outcomes: list[tuple[_Item, Any, BaseException | None]]) -> None:
-        """One event-loop wake-up per loop for a whole batch (not one per item)."""
-        by_loop: dict[
-            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
-        ] = {}
-        for item, value, error in outcomes:
-            by_loop.setdefault(item.loop, []).append((item.future, value, error))
-        for loop, resolutions in by_loop.items():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve_all, resolutions)
+            deliver_many(finish_all(self._finish, batch, outputs))
 
     def _fail_pending(self, error: BaseException) -> None:
         with self._cond:
             pending = list(self._raw)
             self._raw.clear()
-            for pool in self._pools.values():
-                pending.extend(entry[2] for entry in pool)
-            self._pools.clear()
-            self._pooled = 0
+            pending.extend(self._pool.drain())
             if self._next is not None:
                 pending.extend(self._next.items)
                 self._next = None
         for item in pending:
-            self._deliver(item, None, error)
+            deliver(item, None, error)

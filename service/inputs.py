@@ -26,8 +26,8 @@ from momo.preprocess import (
     decode_image,
     preprocess_images,
 )
-from service.engine import ModelHandle
 from service.errors import APIError, bad_request
+from service.model_handle import ModelHandle
 from service.schemas import Item
 from service.settings import Settings
 from service.urls import ImageFetcher

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from service.json_files import read_json_object
+
 log = logging.getLogger("momo.service.runtime")
 
 CANDIDATES = ("onnx", "onnx-int8", "torchscript", "torch")
@@ -175,7 +177,7 @@ def choose(
     with (data_dir / (CHOICE_FILE + ".lock")).open("a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
-            known = _read(path).get(key)
+            known = read_json_object(path).get(key)
             if isinstance(known, dict):
                 try:
                     choice = Choice.from_report(known)
@@ -184,7 +186,7 @@ def choose(
                 except Exception as exc:  # the recorded winner cannot load here any more: measure again
                     log.warning("runtime auto: recorded choice unusable (%s); measuring again", exc)
             runtime, choice = measure(load, artifact, batch, tolerance)
-            reports = _read(path)
+            reports = read_json_object(path)
             reports[key] = choice.report()
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(reports, indent=2))
@@ -194,11 +196,3 @@ def choose(
             return runtime, choice
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -26,10 +26,11 @@ EXCLUDED_URLS = "health,ready,metrics"
 class BatchTracer:
     """The batcher's hooks: `capture()` on the event loop at submit, `record()` from the post thread."""
 
-    def __init__(self, tracer: Any) -> None:
+    def __init__(self, provider: Any) -> None:
         from opentelemetry import context, trace
 
-        self._tracer = tracer
+        self.provider = provider  # the SDK TracerProvider: its processors export the spans
+        self._tracer = provider.get_tracer("momo.service")
         self._context = context
         self._trace = trace
 
@@ -93,6 +94,5 @@ def setup_tracing(app: Any, settings: Any, exporter: Any = None) -> BatchTracer:
     else:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls=EXCLUDED_URLS)
-    app.state.tracer_provider = provider
     log.info("tracing on: OTLP to %s", settings.tracing_endpoint or "the OTEL_EXPORTER_OTLP_* default")
-    return BatchTracer(provider.get_tracer("momo.service"))
+    return BatchTracer(provider)

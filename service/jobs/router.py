@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from momo.store import ModelStore, StoreError
+from service.deps import ServicesDep
 from service.errors import APIError, unavailable
 from service.jobs.datasets import DatasetError, Limits, dataset_for_task, resolve_dataset_path, store_upload
 from service.jobs.schemas import FileObject, FineTuneJob, FineTuneList, FineTuneRequest
@@ -30,16 +31,6 @@ from service.jobs.service import BrokerUnavailable, JobService
 from service.validation import model_reference
 
 router = APIRouter(tags=["fine-tuning"])
-
-
-async def get_jobs(request: Request) -> JobService:
-    jobs: JobService | None = getattr(request.app.state, "jobs", None)
-    if jobs is None:  # pragma: no cover - create_app always sets it
-        raise unavailable("fine-tuning jobs are not configured", "jobs_unavailable")
-    return jobs
-
-
-JobsDep = Annotated[JobService, Depends(get_jobs)]
 
 
 def _dataset_error(exc: DatasetError) -> APIError:
@@ -53,7 +44,7 @@ def _not_found(job_id: str) -> APIError:
 # --- files -------------------------------------------------------------------------------------------
 @router.post("/v1/files", response_model=FileObject, summary="Upload a fine-tuning dataset (.jsonl or .zip)")
 async def upload_file(
-    jobs: JobsDep,
+    services: ServicesDep,
     file: Annotated[
         UploadFile, File(description="A .jsonl file, or a .zip of an image folder / JSONL + images")
     ],
@@ -61,6 +52,7 @@ async def upload_file(
 ) -> FileObject:
     if purpose != "fine-tune":
         raise APIError(400, "purpose must be 'fine-tune'", "invalid_purpose", param="purpose")
+    jobs = services.jobs
     settings = jobs.settings
     limits = Limits(
         settings.max_upload_bytes, settings.max_upload_entries, settings.max_upload_extracted_bytes
@@ -78,8 +70,8 @@ async def upload_file(
 
 
 @router.get("/v1/files/{file_id}", response_model=FileObject, summary="One uploaded dataset")
-async def get_file(file_id: str, jobs: JobsDep) -> FileObject:
-    stored = await asyncio.to_thread(jobs.store.get_file, file_id)
+async def get_file(file_id: str, services: ServicesDep) -> FileObject:
+    stored = await asyncio.to_thread(services.jobs.store.get_file, file_id)
     if stored is None:
         raise APIError(404, f"no file {file_id!r}", "file_not_found")
     return FileObject.of(stored)
@@ -130,7 +122,8 @@ def _prepare(body: FineTuneRequest, jobs: JobService) -> dict[str, Any]:
 
 
 @router.post("/v1/fine-tunes", response_model=FineTuneJob, summary="Start a fine-tune (a queued job)")
-async def create_fine_tune(body: FineTuneRequest, jobs: JobsDep) -> FineTuneJob:
+async def create_fine_tune(body: FineTuneRequest, services: ServicesDep) -> FineTuneJob:
+    jobs = services.jobs
     prepared = await asyncio.to_thread(_prepare, body, jobs)
     try:
         job = await asyncio.to_thread(lambda: jobs.submit(**prepared))
@@ -146,21 +139,22 @@ async def create_fine_tune(body: FineTuneRequest, jobs: JobsDep) -> FineTuneJob:
 
 @router.get("/v1/fine-tunes", response_model=FineTuneList, summary="Fine-tune jobs, newest first")
 async def list_fine_tunes(
-    jobs: JobsDep,
+    services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[
         str | None, Query(max_length=64, description="Id of the last job of the previous page")
     ] = None,
 ) -> FineTuneList:
     try:
-        page, more = await asyncio.to_thread(jobs.store.page, limit, after)
+        page, more = await asyncio.to_thread(services.jobs.store.page, limit, after)
     except KeyError:
         raise APIError(400, f"'after' names no job ({after!r})", "invalid_cursor", param="after") from None
     return FineTuneList(data=[FineTuneJob.of(j) for j in page], has_more=more)
 
 
 @router.get("/v1/fine-tunes/{job_id}", response_model=FineTuneJob, summary="One job: state, progress, events")
-async def get_fine_tune(job_id: str, jobs: JobsDep) -> FineTuneJob:
+async def get_fine_tune(job_id: str, services: ServicesDep) -> FineTuneJob:
+    jobs = services.jobs
     job = await asyncio.to_thread(jobs.store.get, job_id)
     if job is None:
         raise _not_found(job_id)
@@ -172,7 +166,8 @@ async def get_fine_tune(job_id: str, jobs: JobsDep) -> FineTuneJob:
     response_model=FineTuneJob,
     summary="Cancel: a queued job never starts; a running one stops at its next step (no version)",
 )
-async def cancel_fine_tune(job_id: str, jobs: JobsDep) -> FineTuneJob:
+async def cancel_fine_tune(job_id: str, services: ServicesDep) -> FineTuneJob:
+    jobs = services.jobs
     job = await asyncio.to_thread(jobs.store.cancel, job_id)
     if job is None:
         raise _not_found(job_id)

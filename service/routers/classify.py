@@ -7,8 +7,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter
 
-from service.deps import ModelDep, Services, ServicesDep
-from service.engine import ModelHandle, PairPayload
+from service.deps import InferenceDep, Services
 from service.errors import APIError, bad_request
 from service.inputs import (
     Parsed,
@@ -19,6 +18,7 @@ from service.inputs import (
     parse_inputs,
     tokenize,
 )
+from service.model_handle import ModelHandle, PairPayload
 from service.routers.embeddings import embed_parsed, usage
 from service.schemas import ClassifyRequest, ClassifyResponse
 from service.settings import Settings
@@ -181,7 +181,8 @@ async def with_head(
 @router.post(
     "/v1/classify", response_model=ClassifyResponse, summary="Zero-shot or fine-tuned-head classification"
 )
-async def classify(body: ClassifyRequest, handle: ModelDep, services: ServicesDep) -> dict[str, object]:
+async def classify(body: ClassifyRequest, inference: InferenceDep) -> dict[str, object]:
+    handle, services = inference.model, inference.services
     check_model(handle, body.model)
     settings = services.settings
     parsed = parse_inputs(body.input, body.modality, settings, allow_pair=body.head is not None)

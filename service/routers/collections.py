@@ -14,10 +14,10 @@ from typing import Any
 from fastapi import APIRouter, Path
 
 from service.collections import CollectionError, CollectionInfo, CollectionStore, Hit, Item, NewItem
-from service.deps import CollectionsDep, EngineDep, MetricsDep, ModelDep, ServicesDep
-from service.engine import ModelHandle
+from service.deps import InferenceDep, Services, ServicesDep
 from service.errors import APIError, bad_request
 from service.inputs import Parsed, parse_one
+from service.model_handle import ModelHandle
 from service.routers.embeddings import embed_parsed, usage
 from service.schemas import (
     CollectionCreate,
@@ -58,6 +58,12 @@ def _info(info: CollectionInfo, serving: str | None) -> dict[str, Any]:
         "metadata": info.metadata,
         "searchable": serving == info.model,
     }
+
+
+def _serving(services: Services) -> str | None:
+    """The reference of the model being served (None while none is loaded)."""
+    current = services.engine.current
+    return current.reference if current else None
 
 
 def _item(item: Item | Hit) -> dict[str, Any]:
@@ -105,9 +111,8 @@ def _metadata(value: dict[str, Any] | None, param: str) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, response_model=CollectionInfoOut, summary="Create a collection")
-async def create_collection(
-    body: CollectionCreate, store: CollectionsDep, handle: ModelDep
-) -> dict[str, Any]:
+async def create_collection(body: CollectionCreate, inference: InferenceDep) -> dict[str, Any]:
+    handle, store = inference.model, inference.services.collections
     metadata = _metadata(body.metadata, "metadata")
 
     def create() -> CollectionInfo:
@@ -124,34 +129,29 @@ async def create_collection(
 
 
 @router.get("", response_model=CollectionList, summary="List collections")
-async def list_collections(store: CollectionsDep, engine: EngineDep) -> dict[str, Any]:
-    serving = engine.current.reference if engine.current else None
-    return {"object": "list", "data": [_info(c, serving) for c in await _call(store.list_collections)]}
+async def list_collections(services: ServicesDep) -> dict[str, Any]:
+    serving = _serving(services)
+    collections = await _call(services.collections.list_collections)
+    return {"object": "list", "data": [_info(c, serving) for c in collections]}
 
 
 @router.get("/{name}", response_model=CollectionInfoOut, summary="Describe a collection")
-async def get_collection(store: CollectionsDep, engine: EngineDep, name: str = NameParam) -> dict[str, Any]:
-    serving = engine.current.reference if engine.current else None
-    return _info(await _get(store, name), serving)
+async def get_collection(services: ServicesDep, name: str = NameParam) -> dict[str, Any]:
+    serving = _serving(services)
+    return _info(await _get(services.collections, name), serving)
 
 
 @router.delete("/{name}", response_model=Deleted, summary="Delete a collection and its items")
-async def delete_collection(
-    store: CollectionsDep, metrics: MetricsDep, name: str = NameParam
-) -> dict[str, Any]:
-    await _call(store.delete, name)
+async def delete_collection(services: ServicesDep, name: str = NameParam) -> dict[str, Any]:
+    await _call(services.collections.delete, name)
     with contextlib.suppress(KeyError):
-        metrics.collection_items.remove(name)
+        services.metrics.collection_items.remove(name)
     return {"id": name, "object": "collection", "deleted": True}
 
 
 @router.post("/{name}/items", response_model=ItemsAdded, summary="Add or replace items (upsert by id)")
-async def add_items(
-    body: ItemsAdd,
-    handle: ModelDep,
-    services: ServicesDep,
-    name: str = NameParam,
-) -> dict[str, Any]:
+async def add_items(body: ItemsAdd, inference: InferenceDep, name: str = NameParam) -> dict[str, Any]:
+    handle, services = inference.model, inference.services
     settings, metrics, store = services.settings, services.metrics, services.collections
     _same_model(await _get(store, name), handle)
     if not body.items:
@@ -192,11 +192,9 @@ async def add_items(
 
 
 @router.post("/{name}/items/delete", response_model=ItemsDeleted, summary="Delete items by id")
-async def delete_items(
-    body: ItemsDelete, store: CollectionsDep, metrics: MetricsDep, name: str = NameParam
-) -> dict[str, Any]:
-    written = await _call(store.delete_items, name, body.ids)
-    metrics.collection_items.labels(name).set(written.count)
+async def delete_items(body: ItemsDelete, services: ServicesDep, name: str = NameParam) -> dict[str, Any]:
+    written = await _call(services.collections.delete_items, name, body.ids)
+    services.metrics.collection_items.labels(name).set(written.count)
     return {
         "object": "collection.items.deleted",
         "collection": name,
@@ -206,21 +204,19 @@ async def delete_items(
 
 
 @router.get("/{name}/items/{item_id}", response_model=ItemOut, summary="Read one item (without its vector)")
-async def get_item(store: CollectionsDep, item_id: str, name: str = NameParam) -> dict[str, Any]:
-    item = await _call(store.get_item, name, item_id)
+async def get_item(services: ServicesDep, item_id: str, name: str = NameParam) -> dict[str, Any]:
+    item = await _call(services.collections.get_item, name, item_id)
     if item is None:
         raise APIError(404, f"collection {name!r} has no item {item_id!r}", "item_not_found")
     return {"object": "collection.item", **_item(item)}
 
 
 @router.delete("/{name}/items/{item_id}", response_model=ItemsDeleted, summary="Delete one item")
-async def delete_item(
-    store: CollectionsDep, metrics: MetricsDep, item_id: str, name: str = NameParam
-) -> dict[str, Any]:
-    written = await _call(store.delete_items, name, [item_id])
+async def delete_item(services: ServicesDep, item_id: str, name: str = NameParam) -> dict[str, Any]:
+    written = await _call(services.collections.delete_items, name, [item_id])
     if not written.deleted:
         raise APIError(404, f"collection {name!r} has no item {item_id!r}", "item_not_found")
-    metrics.collection_items.labels(name).set(written.count)
+    services.metrics.collection_items.labels(name).set(written.count)
     return {
         "object": "collection.items.deleted",
         "collection": name,
@@ -232,12 +228,8 @@ async def delete_item(
 @router.post(
     "/{name}/search", response_model=SearchResponse, summary="Nearest items to a text or image query"
 )
-async def search(
-    body: SearchRequest,
-    handle: ModelDep,
-    services: ServicesDep,
-    name: str = NameParam,
-) -> dict[str, Any]:
+async def search(body: SearchRequest, inference: InferenceDep, name: str = NameParam) -> dict[str, Any]:
+    handle, services = inference.model, inference.services
     settings, store = services.settings, services.collections
     _same_model(await _get(store, name), handle)
     if body.top_k > settings.max_top_k:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,10 @@ from fastapi import APIRouter
 
 from momo.artifact import MANIFEST_FILE
 from momo.store import VersionInfo
-from service.deps import EngineDep
+from service.deps import ServicesDep
 from service.engine import Engine
 from service.errors import APIError
+from service.json_files import read_json_object
 from service.schemas import Activation, ModelDetail, ModelList
 from service.validation import model_reference
 
@@ -30,19 +30,11 @@ def _created(value: str | None) -> int:
         return 0
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _card(info: VersionInfo, engine: Engine) -> dict[str, Any]:
     current = engine.current
     serving = current is not None and Path(current.artifact.path).resolve() == info.path.resolve()
-    heads = _read(info.path / "heads.json").get("heads", {})
-    config = _read(info.path / "config.json")
+    heads = read_json_object(info.path / "heads.json").get("heads", {})
+    config = read_json_object(info.path / "config.json")
     return {
         "id": info.reference,
         "object": "model",
@@ -99,8 +91,8 @@ def _cards(engine: Engine) -> list[dict[str, Any]]:
 
 
 @router.get("", response_model=ModelList, summary="Model versions in the store (and which one is served)")
-async def list_models(engine: EngineDep) -> dict[str, Any]:
-    return {"object": "list", "data": await asyncio.to_thread(_cards, engine)}
+async def list_models(services: ServicesDep) -> dict[str, Any]:
+    return {"object": "list", "data": await asyncio.to_thread(_cards, services.engine)}
 
 
 def _metrics(card: dict[str, Any], engine: Engine) -> dict[str, Any]:
@@ -111,7 +103,7 @@ def _metrics(card: dict[str, Any], engine: Engine) -> dict[str, Any]:
         path = Path(current.artifact.path)
     else:
         path = engine.store.root / str(card["name"]) / str(card["version"])
-    metrics = _read(path / MANIFEST_FILE).get("metrics")
+    metrics = read_json_object(path / MANIFEST_FILE).get("metrics")
     return metrics if isinstance(metrics, dict) else {}
 
 
@@ -120,8 +112,9 @@ def _metrics(card: dict[str, Any], engine: Engine) -> dict[str, Any]:
     response_model=ModelDetail,
     summary="One model version (name:version), with the figures of its manifest",
 )
-async def get_model(model_id: str, engine: EngineDep) -> dict[str, Any]:
+async def get_model(model_id: str, services: ServicesDep) -> dict[str, Any]:
     model_reference(model_id, "model_id")
+    engine = services.engine
     for card in await asyncio.to_thread(_cards, engine):
         if model_id in (card["id"],) or (card["serving"] and model_id in ("momo", "active", card["name"])):
             return {**card, "metrics": await asyncio.to_thread(_metrics, card, engine)}
@@ -133,8 +126,9 @@ async def get_model(model_id: str, engine: EngineDep) -> dict[str, Any]:
     response_model=Activation,
     summary="Serve another version now (no dropped requests) and make it the store's active one",
 )
-async def activate_model(model_id: str, engine: EngineDep) -> dict[str, Any]:
+async def activate_model(model_id: str, services: ServicesDep) -> dict[str, Any]:
     model_reference(model_id, "model_id")
+    engine = services.engine
     previous = engine.current.reference if engine.current else None
     _handle, changed = await engine.activate(model_id)
     for card in await asyncio.to_thread(_cards, engine):

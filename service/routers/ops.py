@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import EngineDep, MetricsDep
+from service.deps import ServicesDep
 from service.errors import APIError
 from service.schemas import Health, Readiness
 
@@ -30,8 +30,8 @@ async def health() -> dict[str, str]:
     summary="Readiness: a model is loaded and its inference workers run",
     responses={503: {"description": "Not ready (no model yet, or a dead inference worker)"}},
 )
-async def ready(engine: EngineDep) -> Any:
-    ok, detail = engine.readiness()
+async def ready(services: ServicesDep) -> Any:
+    ok, detail = services.engine.readiness()
     if ok:
         return detail
     reason = str(detail.get("reason"))
@@ -40,17 +40,17 @@ async def ready(engine: EngineDep) -> Any:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(registry: MetricsDep) -> Response:
-    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(services: ServicesDep) -> Response:
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 hooks = APIRouter(prefix="/internal/test", tags=["test hooks"], include_in_schema=False)
 
 
 @hooks.post("/kill-worker/{queue}")
-async def kill_worker(queue: str, engine: EngineDep) -> dict[str, Any]:
+async def kill_worker(queue: str, services: ServicesDep) -> dict[str, Any]:
     """Make one inference thread die (only with MOMO_TEST_HOOKS=true): /ready must fail, requests 503."""
-    handle = engine.current
+    handle = services.engine.current
     if handle is None or queue not in handle.queues:
         raise APIError(404, f"no queue {queue!r}", "not_found")
     await asyncio.to_thread(handle.queues[queue].kill_for_test)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import ModelDep, ServicesDep
-from service.engine import PairPayload
+from service.deps import InferenceDep
 from service.errors import bad_request
 from service.inputs import check_model, image_tokens, load_images, tokenize
+from service.model_handle import PairPayload
 from service.routers.embeddings import usage
 from service.schemas import VQARequest, VQAResponse
 
@@ -15,8 +15,8 @@ router = APIRouter(tags=["vqa"])
 
 
 @router.post("/v1/vqa", response_model=VQAResponse, summary="Answer a question about an image")
-async def answer(body: VQARequest, handle: ModelDep, services: ServicesDep) -> dict[str, object]:
-    settings, fetcher = services.settings, services.fetcher
+async def answer(body: VQARequest, inference: InferenceDep) -> dict[str, object]:
+    handle, settings, fetcher = inference.model, inference.services.settings, inference.services.fetcher
     check_model(handle, body.model)
     if "vqa" not in handle.heads:
         raise bad_request(

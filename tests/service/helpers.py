@@ -113,8 +113,13 @@ class LiveServer:
         self.sock.close()
 
     @property
+    def services(self) -> Any:
+        """The app's `service.deps.Services` (what its routes reach)."""
+        return self.app.state.services
+
+    @property
     def engine(self) -> Any:
-        return self.app.state.engine
+        return self.services.engine
 
     def client(self, key: str | None = API_KEY, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -186,7 +186,7 @@ def test_urls_are_off_by_default(client: httpx.Client) -> None:
 def test_private_targets_are_refused_before_connecting(model_store: Path, tmp_path: Path) -> None:
     settings = make_settings(model_store, tmp_path, image_urls_enabled=True)
     with LiveServer(settings) as live, live.client() as c:
-        fetcher: ImageFetcher = live.app.state.fetcher
+        fetcher: ImageFetcher = live.services.fetcher
         for url in [
             *FORBIDDEN_URLS,
             "file:///etc/passwd",
@@ -284,7 +284,7 @@ def test_url_images_work_end_to_end_with_a_public_resolver(model_store: Path, tm
     image = png_bytes(seed=8)
     settings = make_settings(model_store, tmp_path, image_urls_enabled=True)
     with LiveServer(settings) as live, live.client() as c:
-        fetcher: ImageFetcher = live.app.state.fetcher
+        fetcher: ImageFetcher = live.services.fetcher
 
         async def resolver(host: str, port: int) -> list[str]:
             return ["93.184.216.34"]

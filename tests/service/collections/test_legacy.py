@@ -85,7 +85,7 @@ def test_old_collections_are_migrated_on_first_start(
             assert a["metadata"] == {"replaced": True} and a["thumbnail"] is None
             for gone in ("b", "stale", "torn"):
                 assert c.get(f"/v1/collections/old/items/{gone}").status_code == 404
-            store = live.app.state.collections
+            store = live.services.collections
             for item_id, vector in expected.items():  # the very vectors, searchable
                 hit = store.search("old", vector, 1)[0]
                 assert hit.id == item_id and abs(hit.score - 1.0) < 1e-5

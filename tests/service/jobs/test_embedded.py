@@ -30,7 +30,7 @@ def test_embedded_broker_and_worker(tmp_path: Path, base_store: Path) -> None:
         (label, base64.b64encode(noisy_color_png(color, rng)).decode()) for label, color in COLORS.items()
     ] * 4
     with LiveServer(settings) as server, server.client() as client:
-        jobs = server.app.state.jobs
+        jobs = server.services.jobs
         assert jobs.worker is not None and not jobs.worker.alive()  # started at the first job only
         r = client.post("/v1/files", files={"file": ("colors.zip", colors_zip(24, 0), "application/zip")})
         assert r.status_code == 200, r.text

@@ -149,7 +149,7 @@ def test_kill_9_of_the_whole_worker_requeues_the_job_for_the_next_worker(
     _running(client, job["id"])
     worker.kill_group(signal.SIGKILL)  # main process and its children: nothing acknowledges or rejects
     assert client.get(f"/v1/fine-tunes/{job['id']}").json()["state"] == "running"  # until a sweep
-    assert system[0].app.state.jobs.sweep_once() == [job["id"]]  # what the API's sweeper loop runs
+    assert system[0].services.jobs.sweep_once() == [job["id"]]  # what the API's sweeper loop runs
     requeued = client.get(f"/v1/fine-tunes/{job['id']}").json()
     assert requeued["state"] == "queued" and any("requeued" in e["message"] for e in requeued["events"])
     worker.start()
