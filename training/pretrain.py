@@ -264,6 +264,8 @@ def run_pretraining(
                 for loader in loaders.values():
                     loader.close()
                 result.stopped_early = True
+                if dist_info.world > 1:  # rank 0's checkpoint is on disk before any rank goes on
+                    torch.distributed.barrier()
                 return result
         bar.close()
         for loader in loaders.values():

@@ -146,4 +146,9 @@ def torchrun_two(script: str, args: list[str], tmp_path: Path) -> None:
     cmd += [str(tmp_path / "torchrun_script.py"), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path.cwd())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    (tmp_path / "torchrun.stderr").write_text(proc.stderr)
+    # Each rank's own last lines: the rank that failed first is often not the last one to print.
+    by_rank = [
+        "\n".join([line for line in proc.stderr.splitlines() if f"[rank{r}]" in line][-25:]) for r in (0, 1)
+    ]
+    assert proc.returncode == 0, "\n\n".join([*by_rank, proc.stderr[-1500:]])
