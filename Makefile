@@ -71,7 +71,9 @@ export-default: $(STAMP)
 screenshots: $(STAMP)
 	MOMO_UI_SCREENSHOTS=$(CURDIR)/docs/ui $(VENV)/bin/pytest -q tests/service/ui
 
+# wrk: serve_load.py's load generator (a compiled client, so the measured cores serve the service)
 bench: $(STAMP)
+	$(MAKE) system-deps APT_PACKAGES=wrk
 	$(VENV)/bin/python benchmarks/train_throughput.py
 	$(VENV)/bin/python benchmarks/runtime.py
 	$(VENV)/bin/python benchmarks/serve_load.py
