@@ -74,8 +74,9 @@ def register(app: typer.Typer) -> None:
         """Evaluate a model on the held-out splits (vision, language, multimodal) beside baselines."""
         from momo.artifact import ArtifactError, load_artifact, update_manifest
         from momo.store import ModelStore, StoreError
+        from training.evaluation.common import GROUPS, EvalSettings
         from training.evaluation.report import manifest_metrics, markdown, write_report
-        from training.evaluation.suite import GROUPS, EvalSettings, evaluate
+        from training.evaluation.suite import evaluate
 
         chosen = tuple(g.strip() for g in groups.split(",") if g.strip())
         unknown = [g for g in chosen if g not in GROUPS]

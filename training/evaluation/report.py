@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.evaluation.suite import (
+from training.evaluation.common import (
     COLUMN_TITLES,
     COLUMNS,
     FROZEN,

@@ -27,10 +27,6 @@ from tqdm import tqdm
 from momo.artifact import Artifact
 from momo.runtime import Runtime
 from training.evaluation.common import (
-    COLUMN_TITLES,
-    COLUMNS,
-    FROZEN,
-    GROUPS,
     PAPER_PROTOCOLS,
     EvalResult,
     EvalSettings,
@@ -64,10 +60,6 @@ TASKS: dict[str, tuple[str, Callable[[Extractor, EvalSettings], list[Row]]]] = {
 }
 
 __all__ = [
-    "COLUMNS",
-    "COLUMN_TITLES",
-    "FROZEN",
-    "GROUPS",
     "PAPER_PROTOCOLS",
     "TASKS",
     "EvalResult",
