@@ -239,6 +239,7 @@ def run_pretraining(
                 optimizer_format, optimizer_state = replicated.optimizer_state_dict(optimizer)
                 if step == stage.steps:
                     engine.snapshot_heads(module, full_state, kept)
+                    previous_state = full_state  # the next stage's start (and the artifact's)
             if tag and dist_info.is_main:
                 payload = {
                     "module": full_state,
@@ -271,7 +272,8 @@ def run_pretraining(
         for loader in loaders.values():
             loader.close()
         result.steps[stage.name] = stage.steps
-        previous_state = replicated.full_state_dict()  # the next stage's start (and the artifact's)
+        if resuming_here and start_step == stage.steps:  # resumed at this stage's end: no step ran here
+            previous_state = replicated.full_state_dict()
 
     result.wall_seconds = elapsed_before + time.perf_counter() - started
     rows = run_log.read_metrics(metrics_path) if dist_info.is_main else []

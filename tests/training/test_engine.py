@@ -119,14 +119,19 @@ def test_non_finite_loss_stops_with_clear_message(micro_recipe: Recipe) -> None:
         _step(module, optimizer, scheduler, stage, _loaders(stage, data, config), 0)
 
 
-@pytest.mark.parametrize("source", ["memory", "shards"])
-def test_resumed_run_equals_uninterrupted(micro_shards: Path, tmp_path: Path, source: str) -> None:
+@pytest.mark.parametrize(
+    ("source", "stop_after"),
+    [("memory", 4), ("shards", 4), ("memory", 3)],  # 3: at the first stage's end, its last checkpoint
+)
+def test_resumed_run_equals_uninterrupted(
+    micro_shards: Path, tmp_path: Path, source: str, stop_after: int
+) -> None:
     recipe = recipe_from_dict(micro_recipe_dict(micro_shards, steps=3))
     recipe = dataclasses.replace(recipe, stages=recipe.stages[1:3])  # images+text, then text+pairs
     if source == "shards":
         recipe = recipe.from_shards(workers=1)
     full = run_pretraining(recipe, tmp_path / "full", progress=False)
-    interrupted = run_pretraining(recipe, tmp_path / "resumed", progress=False, stop_after=4)
+    interrupted = run_pretraining(recipe, tmp_path / "resumed", progress=False, stop_after=stop_after)
     assert interrupted.stopped_early
     assert (tmp_path / "resumed/checkpoints/last.pt").exists()
     resumed = run_pretraining(recipe, tmp_path / "resumed", progress=False, resume="auto")
